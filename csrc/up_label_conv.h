@@ -1,0 +1,144 @@
+// Index math of the fused op `conv3x3(cat[up2(x), label maps]) + bias`, shared by the CPU and
+// CUDA kernels so that the CPU tests exercise the very code the GPU runs. Every function here is
+// __host__ __device__; the per-element "bodies" are what a CUDA thread runs for one grid index and
+// what the CPU loops call over the same index range. The formulas are in ../shared/DESIGN.md.
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define EXPRFAST_HD __host__ __device__ __forceinline__
+#else
+#define EXPRFAST_HD inline
+#endif
+
+namespace exprfast {
+
+// Upsample x2 + 3x3 conv == stride-2 transposed conv with a 4x4 kernel whose tap t sums the 3x3 taps
+// i with M[t][i] = 1, M = [[0,0,1],[0,1,1],[1,1,0],[1,0,0]]: packed one nibble per row (bit i).
+constexpr unsigned kFoldMask = 0x1364u;
+constexpr int kFoldTaps = 4;
+// A constant label map only meets the zero padding at the border: output row class r (0 = first,
+// 1 = inner, 2 = last) sees the 3x3 taps i with R[r][i] = 1, R = [[0,1,1],[1,1,1],[1,1,0]].
+constexpr unsigned kBorderMask = 0x376u;
+constexpr int kBorderClasses = 3;
+
+EXPRFAST_HD bool tap_in(unsigned mask, int row, int tap) {
+  return (mask >> (4 * row + tap)) & 1u;
+}
+
+// Border class of output coordinate y along an axis of `size` (>= 2) pixels.
+EXPRFAST_HD int border_class(int64_t y, int64_t size) {
+  return y == 0 ? 0 : (y == size - 1 ? 2 : 1);
+}
+
+// out[a][b] = sum_ij A[a][i] A[b][j] in[i][j] for a ROWS x 3 tap matrix A: the separable fold of a
+// 3x3 kernel. `in` holds 9 values with row stride 3; `out` ROWS*ROWS values with row stride ROWS.
+template <unsigned MASK, int ROWS, typename in_t, typename out_t, typename acc_t>
+EXPRFAST_HD void fold3x3(const in_t* in, out_t* out) {
+  for (int a = 0; a < ROWS; ++a) {
+    for (int b = 0; b < ROWS; ++b) {
+      acc_t acc = 0;
+      for (int i = 0; i < 3; ++i) {
+        if (!tap_in(MASK, a, i)) continue;
+        for (int j = 0; j < 3; ++j) {
+          if (tap_in(MASK, b, j)) acc += static_cast<acc_t>(in[i * 3 + j]);
+        }
+      }
+      out[a * ROWS + b] = static_cast<out_t>(acc);
+    }
+  }
+}
+
+// The adjoint of fold3x3: out[i][j] = sum_ab A[a][i] A[b][j] in[a][b].
+template <unsigned MASK, int ROWS, typename in_t, typename out_t, typename acc_t>
+EXPRFAST_HD void unfold3x3(const in_t* in, out_t* out) {
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      acc_t acc = 0;
+      for (int a = 0; a < ROWS; ++a) {
+        if (!tap_in(MASK, a, i)) continue;
+        for (int b = 0; b < ROWS; ++b) {
+          if (tap_in(MASK, b, j)) acc += static_cast<acc_t>(in[a * ROWS + b]);
+        }
+      }
+      out[i * 3 + j] = static_cast<out_t>(acc);
+    }
+  }
+}
+
+// Shapes every body needs. weight is (O, C+K, 3, 3) contiguous; the folded transposed-conv weight
+// WT is (C, O, 4, 4) contiguous; the label weight sums Wsum are (K, O, 3, 3) contiguous, so that
+// labels (N, K) @ Wsum.view(K, O*9) is the per-sample label bias B (N, O, 3, 3).
+struct FoldShape {
+  int64_t C, K, O;
+};
+
+// One grid index per (c, o): WT[c, o] = fold of weight[o, c].
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void fold_weight_body(int64_t idx, FoldShape s, const scalar_t* weight, scalar_t* wt) {
+  const int64_t c = idx / s.O, o = idx % s.O;
+  fold3x3<kFoldMask, kFoldTaps, scalar_t, scalar_t, acc_t>(weight + (o * (s.C + s.K) + c) * 9,
+                                                           wt + idx * 16);
+}
+
+// One grid index per (o, c): grad_weight[o, c] = adjoint fold of grad_WT[c, o].
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void unfold_weight_body(int64_t idx, FoldShape s, const scalar_t* grad_wt,
+                                    scalar_t* grad_weight) {
+  const int64_t o = idx / s.C, c = idx % s.C;
+  unfold3x3<kFoldMask, kFoldTaps, scalar_t, scalar_t, acc_t>(grad_wt + (c * s.O + o) * 16,
+                                                             grad_weight + (o * (s.C + s.K) + c) * 9);
+}
+
+// One grid index per (k, o): Wsum[k, o] = border-class sums of the label weight weight[o, C + k].
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void label_weight_sums_body(int64_t idx, FoldShape s, const scalar_t* weight,
+                                        acc_t* wsum) {
+  const int64_t k = idx / s.O, o = idx % s.O;
+  fold3x3<kBorderMask, kBorderClasses, scalar_t, acc_t, acc_t>(
+      weight + (o * (s.C + s.K) + s.C + k) * 9, wsum + idx * 9);
+}
+
+// One grid index per (k, o): grad_weight[o, C + k] = adjoint of the border-class sums applied to
+// T[k, o] = sum_n labels[n, k] * S[n, o] (S: the per-class sums of the output gradient).
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void label_weight_sums_backward_body(int64_t idx, FoldShape s, const acc_t* t,
+                                                 scalar_t* grad_weight) {
+  const int64_t k = idx / s.O, o = idx % s.O;
+  unfold3x3<kBorderMask, kBorderClasses, acc_t, scalar_t, acc_t>(
+      t + idx * 9, grad_weight + (o * (s.C + s.K) + s.C + k) * 9);
+}
+
+// Strides of a 4-D (N, O, Hout, Wout) tensor in elements; any memory format.
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+// Offset of the per-sample bias B[n, o, r, c] (B is (N, O, 3, 3) contiguous, bias folded in) that
+// output pixel (y, x) of an Hout x Wout plane receives.
+EXPRFAST_HD int64_t label_bias_offset(int64_t n, int64_t o, int64_t y, int64_t x, int64_t O,
+                                      int64_t Hout, int64_t Wout) {
+  return ((n * O + o) * 3 + border_class(y, Hout)) * 3 + border_class(x, Wout);
+}
+
+// Decompose a linear index over (N, O, Hout, Wout) in logical (NCHW) order.
+struct Index4 {
+  int64_t n, o, y, x;
+};
+EXPRFAST_HD Index4 unravel4(int64_t idx, int64_t O, int64_t Hout, int64_t Wout) {
+  Index4 r;
+  r.x = idx % Wout;
+  idx /= Wout;
+  r.y = idx % Hout;
+  idx /= Hout;
+  r.o = idx % O;
+  r.n = idx / O;
+  return r;
+}
+
+EXPRFAST_HD int64_t offset4(Index4 i, Strides4 s) {
+  return i.n * s.n + i.o * s.c + i.y * s.h + i.x * s.w;
+}
+
+}  // namespace exprfast

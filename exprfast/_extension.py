@@ -1,0 +1,27 @@
+"""Loads the compiled extension, refusing plainly when it is missing or built for another torch."""
+import torch
+
+_HOW_TO_BUILD = (
+    "Build it from the repository root against the torch you run with:\n"
+    "    pip install torch==2.13.0 scikit-build-core pybind11 ninja 'cmake>=3.26'\n"
+    "    pip install --no-build-isolation .\n"
+    "(see README.md, 'Install')."
+)
+
+
+def load():
+    try:
+        from . import _C
+    except ImportError as err:
+        raise ImportError(
+            f"exprfast's compiled extension (exprfast._C) is not built or cannot be loaded: {err}\n"
+            + _HOW_TO_BUILD
+        ) from err
+    info = _C.build_info()
+    if info["torch_version"] != torch.__version__:
+        raise ImportError(
+            f"exprfast._C was built against torch {info['torch_version']} but torch "
+            f"{torch.__version__} is installed; an extension only works with the torch it was "
+            "built against. Rebuild it:\n" + _HOW_TO_BUILD
+        )
+    return info
