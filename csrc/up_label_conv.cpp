@@ -104,8 +104,13 @@ at::Tensor channels_last(const at::Tensor& t) {
   return t.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// The internal ATen calls must run in the op's dtype even when the caller's thread has autocast on
+// (a backward pass inside an autocast region): autocast would turn our float32 sums into bf16.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
+
 at::Tensor up_label_conv(const at::Tensor& x, const std::optional<at::Tensor>& labels,
                          const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const Problem p = check_inputs(x, labels, weight, bias);
   const auto format = x.suggest_memory_format();
   const auto out_options = x.options().memory_format(format);
@@ -123,6 +128,7 @@ at::Tensor up_label_conv(const at::Tensor& x, const std::optional<at::Tensor>& l
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> up_label_conv_backward(
     const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& labels,
     const at::Tensor& weight) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const Problem p = check_inputs(x, labels, weight, std::nullopt);
   const auto& s = p.s;
   check_like_x(x, grad, "grad");
