@@ -141,4 +141,50 @@ EXPRFAST_HD int64_t offset4(Index4 i, Strides4 s) {
   return i.n * s.n + i.o * s.c + i.y * s.h + i.x * s.w;
 }
 
+// A pass over an (N, O, H, W) tensor. Grid indices follow the output's memory order (channels
+// innermost for channels_last) so that neighbouring CUDA threads touch neighbouring addresses.
+struct Plane4 {
+  int64_t N, O, H, W;
+  bool channels_inner;
+};
+
+EXPRFAST_HD Index4 unravel_in_memory_order(int64_t idx, Plane4 p) {
+  if (!p.channels_inner) return unravel4(idx, p.O, p.H, p.W);
+  Index4 r;
+  r.o = idx % p.O;
+  idx /= p.O;
+  r.x = idx % p.W;
+  idx /= p.W;
+  r.y = idx % p.H;
+  r.n = idx / p.H;
+  return r;
+}
+
+// The epilogue for one grid index (one output element): out = y + B[n, o, class(y), class(x)].
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void add_label_bias_body(int64_t idx, Plane4 p, const scalar_t* y, Strides4 ys,
+                                     const acc_t* bias9, scalar_t* out, Strides4 os) {
+  const Index4 i = unravel_in_memory_order(idx, p);
+  const acc_t b = bias9[label_bias_offset(i.n, i.o, i.y, i.x, p.O, p.H, p.W)];
+  out[offset4(i, os)] = static_cast<scalar_t>(static_cast<acc_t>(y[offset4(i, ys)]) + b);
+}
+
+// One thread's share of the nine border-class sums of plane (n, o) = `plane` of grad: pixels
+// tid, tid + threads, ... are added into acc[class_row * 3 + class_col]. A CUDA block of
+// `threads` threads then reduces acc over its threads.
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void region_sums_partial(int64_t plane, int64_t tid, int64_t threads, Plane4 p,
+                                     const scalar_t* grad, Strides4 gs, acc_t* acc) {
+  for (int k = 0; k < 9; ++k) acc[k] = 0;
+  Index4 i;
+  i.n = plane / p.O;
+  i.o = plane % p.O;
+  for (int64_t pixel = tid; pixel < p.H * p.W; pixel += threads) {
+    i.y = pixel / p.W;
+    i.x = pixel % p.W;
+    acc[border_class(i.y, p.H) * 3 + border_class(i.x, p.W)] +=
+        static_cast<acc_t>(grad[offset4(i, gs)]);
+  }
+}
+
 }  // namespace exprfast

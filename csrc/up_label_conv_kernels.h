@@ -33,4 +33,14 @@ inline Strides4 strides4(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// True when channels are the innermost dimension of t's memory (channels_last).
+inline bool channels_inner(const at::Tensor& t) {
+  return t.stride(1) < t.stride(3);
+}
+
+// The pass geometry over t, walked in the memory order of `order`.
+inline Plane4 plane4(const at::Tensor& t, const at::Tensor& order) {
+  return {t.size(0), t.size(1), t.size(2), t.size(3), channels_inner(order)};
+}
+
 }  // namespace exprfast

@@ -63,13 +63,10 @@ void label_weight_sums_backward_cpu(const at::Tensor& t, FoldShape s, at::Tensor
   });
 }
 
-// The geometry of one pass over an (N, O, Hout, Wout) tensor, one output row (n, y) per task.
-struct Plane {
-  int64_t N, O, H, W;
-  explicit Plane(const at::Tensor& t) : N(t.size(0)), O(t.size(1)), H(t.size(2)), W(t.size(3)) {}
-  int64_t rows() const { return N * H; }
-  int64_t grain() const { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, O * W)); }
-};
+// Rows (n, y) per parallel task: about 32k elements, enough to amortise the task.
+int64_t row_grain(const Plane4& p) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.O * p.W));
+}
 
 // The channel loop of the epilogue for one pixel: out[o] = y[o] + bias[o].
 template <typename scalar_t, typename acc_t>
@@ -101,20 +98,19 @@ inline void add_row(const scalar_t* y, int64_t ys, const acc_t* bias3, scalar_t*
 
 template <typename scalar_t, typename acc_t>
 void add_label_bias_impl(const at::Tensor& y, const at::Tensor& bias9, at::Tensor& out) {
-  const Plane p(y);
+  const Plane4 p = plane4(y, out);  // channels_last output: loop pixels, then channels
   const Strides4 ys = strides4(y), os = strides4(out);
   const auto* yp = y.const_data_ptr<scalar_t>();
   const auto* bp = bias9.const_data_ptr<acc_t>();
   auto* op = out.mutable_data_ptr<scalar_t>();
-  const bool channels_inner = os.c < os.w;  // channels_last output: loop pixels, then channels
-  at::parallel_for(0, p.rows(), p.grain(), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.H, row_grain(p), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row_bias(3 * p.O);  // [column class][o], unit stride for the channel loop
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.H, yy = row % p.H;
       const acc_t* b = bp + (n * p.O * 3 + border_class(yy, p.H)) * 3;  // b[o * 9 + c]
       const scalar_t* yrow = yp + n * ys.n + yy * ys.h;
       scalar_t* orow = op + n * os.n + yy * os.h;
-      if (channels_inner) {
+      if (p.channels_inner) {
         for (int64_t c = 0; c < 3; ++c)
           for (int64_t o = 0; o < p.O; ++o) row_bias[c * p.O + o] = b[o * 9 + c];
         for (int64_t x = 0; x < p.W; ++x) {
@@ -147,7 +143,7 @@ inline void sum_row(const scalar_t* g, int64_t gs, int64_t W, acc_t* acc3) {
 
 // Region sums of a channels-innermost gradient: per sample, acc[r][c][o] over all pixels.
 template <typename scalar_t, typename acc_t>
-void region_sums_channels_inner(const scalar_t* g, Strides4 gs, const Plane& p, acc_t* sums) {
+void region_sums_channels_inner(const scalar_t* g, Strides4 gs, const Plane4& p, acc_t* sums) {
   at::parallel_for(0, p.N, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(9 * p.O);
     for (int64_t n = begin; n < end; ++n) {
@@ -172,7 +168,7 @@ void region_sums_channels_inner(const scalar_t* g, Strides4 gs, const Plane& p, 
 
 // Region sums of a gradient whose rows are contiguous per channel: one (n, o) plane per task.
 template <typename scalar_t, typename acc_t>
-void region_sums_planes(const scalar_t* g, Strides4 gs, const Plane& p, acc_t* sums) {
+void region_sums_planes(const scalar_t* g, Strides4 gs, const Plane4& p, acc_t* sums) {
   at::parallel_for(0, p.N * p.O, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / p.O, o = plane % p.O;
@@ -187,11 +183,11 @@ void region_sums_planes(const scalar_t* g, Strides4 gs, const Plane& p, acc_t* s
 void region_sums_cpu(const at::Tensor& grad, at::Tensor& sums) {
   EXPRFAST_DISPATCH_FLOATING(grad.scalar_type(), "region_sums", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Plane p(grad);
+    const Plane4 p = plane4(grad, grad);
     const Strides4 gs = strides4(grad);
     const auto* g = grad.const_data_ptr<scalar_t>();
     auto* out = sums.mutable_data_ptr<acc_t>();
-    if (gs.c < gs.w) {
+    if (p.channels_inner) {
       region_sums_channels_inner(g, gs, p, out);
     } else {
       region_sums_planes(g, gs, p, out);
