@@ -98,10 +98,38 @@ at::Tensor per_sample_bias(const Kernels& k, const Problem& p,
   return b9.view({p.N, s.O, 3, 3});
 }
 
+// Below 16 output channels oneDNN's transposed conv runs at a fraction of its conv rate (a third,
+// at 3 RGB outputs; benchmarks/ops.md), so the forward uses the phase form there: one plain conv
+// with 4*O outputs plus a shuffling epilogue. The backward keeps the transposed conv's own.
+bool use_phase_form(FoldShape s) {
+  return s.O < 16;
+}
+
 // The transposed conv runs channels_last: oneDNN is about twice as fast there (see
 // benchmarks/ops.md), and the epilogue writes the caller's memory format for free.
 at::Tensor channels_last(const at::Tensor& t) {
   return t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// One plain conv with 4*O outputs, then the epilogue interleaves the phases while adding B.
+at::Tensor forward_phase_form(const Kernels& k, const Problem& p, const at::Tensor& x,
+                              const at::Tensor& w, const at::Tensor& b9, at::TensorOptions out_options) {
+  auto w2 = at::empty({4 * p.s.O, p.s.C, 2, 2}, w.options());
+  k.fold_weight_phases(w, p.s, w2);
+  const auto z = at::conv2d(channels_last(x), w2, {}, 1, 1);
+  auto out = at::empty({p.N, p.s.O, 2 * p.H, 2 * p.W}, out_options);
+  k.shuffle_label_bias(z, b9, out);
+  return out;
+}
+
+at::Tensor forward_transposed_form(const Kernels& k, const Problem& p, const at::Tensor& x,
+                                   const at::Tensor& w, const at::Tensor& b9,
+                                   at::TensorOptions out_options) {
+  const auto y = at::conv_transpose2d(channels_last(x), fold_weight(k, w, p.s), {}, 2, 1);
+  // Add in place when y already has the caller's format, else transpose while adding.
+  auto out = y.is_contiguous(*out_options.memory_format_opt()) ? y : at::empty(y.sizes(), out_options);
+  k.add_label_bias(y, b9, out);
+  return out;
 }
 
 // The internal ATen calls must run in the op's dtype even when the caller's thread has autocast on
@@ -112,17 +140,13 @@ at::Tensor up_label_conv(const at::Tensor& x, const std::optional<at::Tensor>& l
                          const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const Problem p = check_inputs(x, labels, weight, bias);
-  const auto format = x.suggest_memory_format();
-  const auto out_options = x.options().memory_format(format);
+  const auto out_options = x.options().memory_format(x.suggest_memory_format());
   if (p.N == 0) return at::empty({0, p.s.O, 2 * p.H, 2 * p.W}, out_options);
   const Kernels& k = kernels_for(x);
   const auto w = weight.contiguous();
-  const auto y = at::conv_transpose2d(channels_last(x), fold_weight(k, w, p.s), {}, 2, 1);
   const auto b9 = per_sample_bias(k, p, labels, w, bias);
-  // Add in place when y already has the caller's format, else transpose while adding.
-  auto out = y.is_contiguous(format) ? y : at::empty(y.sizes(), out_options);
-  k.add_label_bias(y, b9, out);
-  return out;
+  return use_phase_form(p.s) ? forward_phase_form(k, p, x, w, b9, out_options)
+                             : forward_transposed_form(k, p, x, w, b9, out_options);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> up_label_conv_backward(

@@ -82,6 +82,29 @@ EXPRFAST_HD void fold_weight_body(int64_t idx, FoldShape s, const scalar_t* weig
                                                            wt + idx * 16);
 }
 
+// Sub-pixel ("phase") form of the same transposed conv, for few output channels, where oneDNN's
+// transposed conv is slow: output row Y = 2q - 1 + py (phase py in {0, 1}) is a 2x2 conv, at
+// window row q, of the input zero-padded by 1, whose window tap u is 4x4 tap 2 - 2u + py. All four
+// phases are one conv2d(x, W2, padding=1) with 4*O output channels, (py, px, o) major to minor.
+EXPRFAST_HD int phase_tap(int phase, int u) {
+  return 2 - 2 * u + phase;
+}
+
+// One grid index per (o, c): W2[(py, px, o), c] (4*O, C, 2, 2) contiguous <- fold of weight[o, c].
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void fold_weight_phases_body(int64_t idx, FoldShape s, const scalar_t* weight,
+                                         scalar_t* w2) {
+  const int64_t o = idx / s.C, c = idx % s.C;
+  acc_t wt[16];
+  fold3x3<kFoldMask, kFoldTaps, scalar_t, acc_t, acc_t>(weight + (o * (s.C + s.K) + c) * 9, wt);
+  for (int py = 0; py < 2; ++py)
+    for (int px = 0; px < 2; ++px)
+      for (int u = 0; u < 2; ++u)
+        for (int v = 0; v < 2; ++v)
+          w2[(((py * 2 + px) * s.O + o) * s.C + c) * 4 + u * 2 + v] =
+              static_cast<scalar_t>(wt[phase_tap(py, u) * 4 + phase_tap(px, v)]);
+}
+
 // One grid index per (o, c): grad_weight[o, c] = adjoint fold of grad_WT[c, o].
 template <typename scalar_t, typename acc_t>
 EXPRFAST_HD void unfold_weight_body(int64_t idx, FoldShape s, const scalar_t* grad_wt,
@@ -167,6 +190,21 @@ EXPRFAST_HD void add_label_bias_body(int64_t idx, Plane4 p, const scalar_t* y, S
   const Index4 i = unravel_in_memory_order(idx, p);
   const acc_t b = bias9[label_bias_offset(i.n, i.o, i.y, i.x, p.O, p.H, p.W)];
   out[offset4(i, os)] = static_cast<scalar_t>(static_cast<acc_t>(y[offset4(i, ys)]) + b);
+}
+
+// The phase-form epilogue for one grid index (one output element): out[n, o, Y, X] =
+// Z[n, (py, px, o), (Y + 1) / 2, (X + 1) / 2] + B[n, o, class(Y), class(X)], py = (Y + 1) % 2.
+template <typename scalar_t, typename acc_t>
+EXPRFAST_HD void shuffle_label_bias_body(int64_t idx, Plane4 p, const scalar_t* z, Strides4 zs,
+                                         const acc_t* bias9, scalar_t* out, Strides4 os) {
+  const Index4 i = unravel_in_memory_order(idx, p);
+  Index4 zi;
+  zi.n = i.n;
+  zi.o = (((i.y + 1) & 1) * 2 + ((i.x + 1) & 1)) * p.O + i.o;
+  zi.y = (i.y + 1) >> 1;
+  zi.x = (i.x + 1) >> 1;
+  const acc_t b = bias9[label_bias_offset(i.n, i.o, i.y, i.x, p.O, p.H, p.W)];
+  out[offset4(i, os)] = static_cast<scalar_t>(static_cast<acc_t>(z[offset4(zi, zs)]) + b);
 }
 
 // One thread's share of the nine border-class sums of plane (n, o) = `plane` of grad: pixels

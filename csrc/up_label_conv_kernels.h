@@ -12,6 +12,8 @@ namespace exprfast {
 struct Kernels {
   // wt (C, O, 4, 4) <- folded weight[:, :C] (weight contiguous (O, C+K, 3, 3)).
   void (*fold_weight)(const at::Tensor& weight, FoldShape s, at::Tensor& wt);
+  // w2 (4*O, C, 2, 2) <- the phase-form folded weight[:, :C] (see phase_tap).
+  void (*fold_weight_phases)(const at::Tensor& weight, FoldShape s, at::Tensor& w2);
   // grad_weight[:, :C] <- adjoint fold of grad_wt (C, O, 4, 4) contiguous.
   void (*unfold_weight)(const at::Tensor& grad_wt, FoldShape s, at::Tensor& grad_weight);
   // wsum (K, O, 3, 3), opmath dtype <- border-class sums of weight[:, C:].
@@ -20,6 +22,8 @@ struct Kernels {
   void (*label_weight_sums_backward)(const at::Tensor& t, FoldShape s, at::Tensor& grad_weight);
   // out = y + bias9[n, o, class(Y), class(X)]; any memory formats, out may alias y.
   void (*add_label_bias)(const at::Tensor& y, const at::Tensor& bias9, at::Tensor& out);
+  // out = phase-interleaved z (N, 4*O, H+1, W+1) + bias9[n, o, class(Y), class(X)]; any formats.
+  void (*shuffle_label_bias)(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out);
   // sums (N, O, 3, 3), opmath dtype <- per border-class sums of grad (N, O, Hout, Wout), any format.
   void (*region_sums)(const at::Tensor& grad, at::Tensor& sums);
 };

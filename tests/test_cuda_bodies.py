@@ -34,6 +34,30 @@ def test_add_label_bias_body_over_grid(shape, dtype, y_format, out_format):
     torch.testing.assert_close(out.double(), expected_bias_added(y, bias9), rtol=tol, atol=tol)
 
 
+def expected_shuffled(z, bias9, out_shape):
+    """out[n, o, Y, X] = z[n, (py, px, o), (Y + 1) // 2, (X + 1) // 2] + B, py = (Y + 1) % 2."""
+    N, O, H, W = out_shape
+    ys, xs = torch.arange(H) + 1, torch.arange(W) + 1
+    phases = z.double().reshape(N, 2, 2, O, *z.shape[2:])
+    y = phases[:, ys[:, None] % 2, xs[None, :] % 2, :, ys[:, None] // 2, xs[None, :] // 2]
+    return expected_bias_added(y.permute(2, 3, 0, 1), bias9)
+
+
+@pytest.mark.parametrize("out_format", list(FORMATS))
+@pytest.mark.parametrize("z_format", list(FORMATS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 1, 2, 2), (3, 2, 6, 2)])
+def test_shuffle_label_bias_body_over_grid(shape, dtype, z_format, out_format):
+    N, O, H, W = shape
+    z = torch.randn(N, 4 * O, H // 2 + 1, W // 2 + 1).to(dtype).contiguous(memory_format=FORMATS[z_format])
+    opmath = torch.float64 if dtype == torch.float64 else torch.float32
+    bias9 = torch.randn(N, O, 3, 3, dtype=opmath)
+    out = torch.full(shape, float("nan"), dtype=dtype).contiguous(memory_format=FORMATS[out_format])
+    torch.ops.exprfast._grid_shuffle_label_bias(z, bias9, out)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-9
+    torch.testing.assert_close(out.double(), expected_shuffled(z, bias9, shape), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("threads", [1, 7, 256])
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 2, 2, 2), (2, 4, 34, 18)])

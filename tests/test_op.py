@@ -30,11 +30,14 @@ def random_cases(count, seed):
     for _ in range(count):
         yield dict(N=rng.choice([0, 1, 2, 3, 5]), C=rng.choice([1, 2, 3, 8]),
                    H=rng.choice([1, 2, 3, 7]), W=rng.choice([1, 2, 5, 6]),
-                   K=rng.choice([0, 1, 5]), O=rng.choice([1, 3, 4]), bias=rng.random() < 0.7,
+                   K=rng.choice([0, 1, 5]), O=rng.choice([1, 3, 4, 16, 17]), bias=rng.random() < 0.7,
                    channels_last=rng.random() < 0.5, seed=rng.randrange(1 << 30))
 
 
 CASES = list(random_cases(40, seed=1234))
+
+# Below 16 output channels the forward takes the phase form, from 16 the transposed-conv form.
+FORMS = pytest.mark.parametrize("O", [3, 16], ids=["phase-form", "transposed-form"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "N{N}C{C}H{H}W{W}K{K}O{O}".format(**c))
@@ -63,15 +66,16 @@ def test_backward_matches_reference_autograd(case, device):
 
 
 @pytest.mark.parametrize("N,C,H,W,K,O", [(2, 3, 4, 5, 2, 3), (1, 1, 1, 1, 1, 1), (3, 2, 1, 3, 0, 2),
-                                          (2, 2, 3, 1, 5, 2)])
+                                          (2, 2, 3, 1, 5, 2), (2, 2, 3, 2, 1, 16)])
 def test_gradcheck_float64(N, C, H, W, K, O, device):
     inputs = make_inputs(N, C, H, W, K, O, device, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(exprfast.up_label_conv, inputs)
 
 
+@FORMS
 @pytest.mark.parametrize("labels,bias", [(True, True), (False, False)])
-def test_opcheck(labels, bias, device):
-    x, l, w, b = make_inputs(2, 3, 4, 5, 2 if labels else 0, 4, device, bias=bias,
+def test_opcheck(labels, bias, O, device):
+    x, l, w, b = make_inputs(2, 3, 4, 5, 2 if labels else 0, O, device, bias=bias,
                              requires_grad=True)
     torch.library.opcheck(torch.ops.exprfast.up_label_conv.default, (x, l, w, b))
     torch.library.opcheck(torch.ops.exprfast.up_label_conv.default,
@@ -85,8 +89,9 @@ def test_opcheck_backward_op(device):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_memory_formats_and_strided_inputs(device):
-    x, labels, weight, bias = make_inputs(3, 4, 6, 5, 2, 3, device)
+@FORMS
+def test_memory_formats_and_strided_inputs(O, device):
+    x, labels, weight, bias = make_inputs(3, 4, 6, 5, 2, O, device)
     expected = reference64(x, labels, weight, bias)
     variants = {
         "contiguous": x,
@@ -125,11 +130,12 @@ def test_folded_formulation_matches_reference(device):
                                reference64(x, labels, weight, bias))
 
 
+@FORMS
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_within_tolerance(dtype, device):
+def test_low_precision_within_tolerance(dtype, O, device):
     if device == "cpu" and dtype == torch.float16:
         pytest.skip("float16 convolutions are a GPU feature; CPU low precision is bfloat16")
-    x, labels, weight, bias = make_inputs(4, 16, 8, 8, 2, 8, device, dtype=dtype)
+    x, labels, weight, bias = make_inputs(4, 16, 8, 8, 2, O, device, dtype=dtype)
     out = exprfast.up_label_conv(x, labels, weight, bias)
     assert out.dtype == dtype
     expected = reference64(x, labels, weight, bias)  # of the same rounded inputs

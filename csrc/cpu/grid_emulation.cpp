@@ -22,6 +22,19 @@ void grid_add_label_bias(const at::Tensor& y, const at::Tensor& bias9, at::Tenso
   });
 }
 
+// What shuffle_label_bias_cuda launches: one grid index per output element, in out's memory order.
+void grid_shuffle_label_bias(const at::Tensor& z, const at::Tensor& bias9, at::Tensor out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "grid_shuffle_label_bias", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Plane4 p = plane4(out, out);
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      shuffle_label_bias_body<scalar_t, acc_t>(i, p, z.const_data_ptr<scalar_t>(), strides4(z),
+                                               bias9.const_data_ptr<acc_t>(),
+                                               out.mutable_data_ptr<scalar_t>(), strides4(out));
+    }
+  });
+}
+
 // What region_sums_kernel computes: per plane, each of `threads` threads' partial sums, added up
 // as the block reduction does.
 at::Tensor grid_region_sums(const at::Tensor& grad, int64_t threads) {
@@ -48,11 +61,13 @@ at::Tensor grid_region_sums(const at::Tensor& grad, int64_t threads) {
 
 TORCH_LIBRARY_FRAGMENT(exprfast, m) {
   m.def("_grid_add_label_bias(Tensor y, Tensor bias9, Tensor(a!) out) -> ()");
+  m.def("_grid_shuffle_label_bias(Tensor z, Tensor bias9, Tensor(a!) out) -> ()");
   m.def("_grid_region_sums(Tensor grad, int threads) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(exprfast, CPU, m) {
   m.impl("_grid_add_label_bias", &grid_add_label_bias);
+  m.impl("_grid_shuffle_label_bias", &grid_shuffle_label_bias);
   m.impl("_grid_region_sums", &grid_region_sums);
 }
 

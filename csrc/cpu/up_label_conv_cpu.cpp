@@ -33,6 +33,16 @@ void fold_weight_cpu(const at::Tensor& weight, FoldShape s, at::Tensor& wt) {
   });
 }
 
+void fold_weight_phases_cpu(const at::Tensor& weight, FoldShape s, at::Tensor& w2) {
+  EXPRFAST_DISPATCH_FLOATING(weight.scalar_type(), "fold_weight_phases", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto* w = weight.const_data_ptr<scalar_t>();
+    auto* out = w2.mutable_data_ptr<scalar_t>();
+    for_each_index(s.O * s.C,
+                   [&](int64_t i) { fold_weight_phases_body<scalar_t, acc_t>(i, s, w, out); });
+  });
+}
+
 void unfold_weight_cpu(const at::Tensor& grad_wt, FoldShape s, at::Tensor& grad_weight) {
   EXPRFAST_DISPATCH_FLOATING(grad_wt.scalar_type(), "unfold_weight", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -131,6 +141,40 @@ void add_label_bias_cpu(const at::Tensor& y, const at::Tensor& bias9, at::Tensor
   });
 }
 
+// Phase form: output row Y reads row (Y + 1) / 2 of z, output pixel X the channel block of its
+// phase (py, px) at column (X + 1) / 2. Only used for few output channels, so the channel loop is
+// innermost whatever the output's format.
+template <typename scalar_t, typename acc_t>
+void shuffle_label_bias_impl(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out) {
+  const Plane4 p = plane4(out, out);
+  const Strides4 zs = strides4(z), os = strides4(out);
+  const auto* zp = z.const_data_ptr<scalar_t>();
+  const auto* bp = bias9.const_data_ptr<acc_t>();
+  auto* op = out.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, p.N * p.H, row_grain(p), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row_bias(3 * p.O);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / p.H, yy = row % p.H, py = (yy + 1) & 1;
+      const acc_t* b = bp + (n * p.O * 3 + border_class(yy, p.H)) * 3;
+      for (int64_t c = 0; c < 3; ++c)
+        for (int64_t o = 0; o < p.O; ++o) row_bias[c * p.O + o] = b[o * 9 + c];
+      const scalar_t* zrow = zp + n * zs.n + ((yy + 1) >> 1) * zs.h;
+      for (int64_t x = 0; x < p.W; ++x) {
+        const int64_t block = (py * 2 + ((x + 1) & 1)) * p.O;
+        add_channels(zrow + ((x + 1) >> 1) * zs.w + block * zs.c, zs.c,
+                     row_bias.data() + border_class(x, p.W) * p.O,
+                     op + n * os.n + yy * os.h + x * os.w, os.c, p.O);
+      }
+    }
+  });
+}
+
+void shuffle_label_bias_cpu(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out) {
+  EXPRFAST_DISPATCH_FLOATING(z.scalar_type(), "shuffle_label_bias", [&] {
+    shuffle_label_bias_impl<scalar_t, at::opmath_type<scalar_t>>(z, bias9, out);
+  });
+}
+
 // Sums of one channel's row by column class, added to acc3.
 template <typename scalar_t, typename acc_t>
 inline void sum_row(const scalar_t* g, int64_t gs, int64_t W, acc_t* acc3) {
@@ -198,8 +242,14 @@ void region_sums_cpu(const at::Tensor& grad, at::Tensor& sums) {
 }  // namespace
 
 const Kernels& cpu_kernels() {
-  static const Kernels k{fold_weight_cpu,       unfold_weight_cpu,  label_weight_sums_cpu,
-                         label_weight_sums_backward_cpu, add_label_bias_cpu, region_sums_cpu};
+  static const Kernels k{.fold_weight = fold_weight_cpu,
+                         .fold_weight_phases = fold_weight_phases_cpu,
+                         .unfold_weight = unfold_weight_cpu,
+                         .label_weight_sums = label_weight_sums_cpu,
+                         .label_weight_sums_backward = label_weight_sums_backward_cpu,
+                         .add_label_bias = add_label_bias_cpu,
+                         .shuffle_label_bias = shuffle_label_bias_cpu,
+                         .region_sums = region_sums_cpu};
   return k;
 }
 

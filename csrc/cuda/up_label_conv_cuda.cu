@@ -49,6 +49,17 @@ void fold_weight_cuda(const at::Tensor& weight, FoldShape s, at::Tensor& wt) {
   });
 }
 
+void fold_weight_phases_cuda(const at::Tensor& weight, FoldShape s, at::Tensor& w2) {
+  EXPRFAST_DISPATCH_FLOATING(weight.scalar_type(), "fold_weight_phases", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto* w = weight.const_data_ptr<scalar_t>();
+    auto* out = w2.mutable_data_ptr<scalar_t>();
+    launch(weight, s.O * s.C, [=] __device__(int64_t i) {
+      fold_weight_phases_body<scalar_t, acc_t>(i, s, w, out);
+    });
+  });
+}
+
 void unfold_weight_cuda(const at::Tensor& grad_wt, FoldShape s, at::Tensor& grad_weight) {
   EXPRFAST_DISPATCH_FLOATING(grad_wt.scalar_type(), "unfold_weight", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -93,6 +104,20 @@ void add_label_bias_cuda(const at::Tensor& y, const at::Tensor& bias9, at::Tenso
   });
 }
 
+void shuffle_label_bias_cuda(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out) {
+  EXPRFAST_DISPATCH_FLOATING(z.scalar_type(), "shuffle_label_bias", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Plane4 p = plane4(out, out);
+    const Strides4 zs = strides4(z), os = strides4(out);
+    const auto* zp = z.const_data_ptr<scalar_t>();
+    const auto* bp = bias9.const_data_ptr<acc_t>();
+    auto* op = out.mutable_data_ptr<scalar_t>();
+    launch(z, out.numel(), [=] __device__(int64_t i) {
+      shuffle_label_bias_body<scalar_t, acc_t>(i, p, zp, zs, bp, op, os);
+    });
+  });
+}
+
 // One block per (n, o) plane (grid-stride over planes): each thread sums its pixels by border
 // class, then the block reduces the nine partial sums in shared memory.
 template <typename scalar_t, typename acc_t>
@@ -130,8 +155,14 @@ void region_sums_cuda(const at::Tensor& grad, at::Tensor& sums) {
 }  // namespace
 
 const Kernels& cuda_kernels() {
-  static const Kernels k{fold_weight_cuda,       unfold_weight_cuda,  label_weight_sums_cuda,
-                         label_weight_sums_backward_cuda, add_label_bias_cuda, region_sums_cuda};
+  static const Kernels k{.fold_weight = fold_weight_cuda,
+                         .fold_weight_phases = fold_weight_phases_cuda,
+                         .unfold_weight = unfold_weight_cuda,
+                         .label_weight_sums = label_weight_sums_cuda,
+                         .label_weight_sums_backward = label_weight_sums_backward_cuda,
+                         .add_label_bias = add_label_bias_cuda,
+                         .shuffle_label_bias = shuffle_label_bias_cuda,
+                         .region_sums = region_sums_cuda};
   return k;
 }
 
