@@ -1,0 +1,636 @@
+"""Evaluation of attribute-transfer models, as Fader Networks reports it.
+
+* ``AttributeClassifier`` is Fader's evaluation classifier: the encoder's 4x4 stride-2 convs
+  (BatchNorm after all but the first, LeakyReLU 0.2) down to 1x1, then two linear layers giving
+  2 logits per attribute. ``train_classifier`` trains it on the train split (horizontal flips,
+  Adam with betas (0.5, 0.999), gradient norm clipped at 5, as Fader's ``classifier.py``) and
+  measures its accuracy on the test split; ``save_classifier``/``load_classifier`` store it.
+* ``evaluate`` measures a model on a split: reconstruction PSNR and SSIM, and the swap accuracy
+  of each attribute -- every image decoded with the attribute set to 0, then to 1 (the others
+  kept at their true values), and the fraction the classifier reads back as the value set.
+  ``write_results`` writes the numbers as JSON and as a markdown table.
+* ``add_*_arguments``/``run_*`` are the ``exprfast evaluate`` and ``exprfast train-classifier``
+  commands.
+
+Data comes from a CelebA-HQ folder (``default_data_root()``): the attribute file
+``CelebAMask-HQ-attribute-anno.txt`` and ``images<N>`` folders, read with ``FaceDataset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim as _msssim_ssim
+from torch import nn
+from tqdm import tqdm
+
+from .data import DEFAULT_ATTRS, SPLITS, FaceDataset
+
+FORMAT = "exprfast-classifier"
+VERSION = 1
+ATTR_FILE = "CelebAMask-HQ-attribute-anno.txt"
+_DATA_SUBDIR = Path("shared") / "data" / "celebahq"
+_MAX_GRAD_NORM = 5.0  # Fader's classifier.py default
+_ADAM_BETAS = (0.5, 0.999)  # Fader's get_optimizer("adam")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def default_data_root() -> Path | None:
+    """``../shared/data/celebahq`` beside the repository root, or ``None`` if it is absent.
+
+    The repository is found from this file (an editable or in-tree install) or, for a regular
+    install into site-packages, from the working directory (commands run from the repository).
+    """
+    candidates = (Path(__file__).resolve().parents[1].parent, Path.cwd().resolve().parent)
+    for base in candidates:
+        if (base / _DATA_SUBDIR).is_dir():
+            return base / _DATA_SUBDIR
+    return None
+
+
+def celebahq_paths(data_root: str | os.PathLike | None, img_size: int) -> tuple[Path, Path]:
+    """``(image_dir, attr_file)`` of a CelebA-HQ root for ``img_size`` px images: the
+    ``images<N>`` folder with the smallest ``N >= img_size`` (the least decoding work without
+    upsampling), else the largest one."""
+    root = default_data_root() if data_root is None else Path(data_root)
+    if root is None:
+        raise FileNotFoundError(
+            f"no CelebA-HQ data root found (looked for ../{_DATA_SUBDIR} beside the repository "
+            "and the working directory); pass data_root / --data-root"
+        )
+    attr_file = root / ATTR_FILE
+    if not attr_file.is_file():
+        raise FileNotFoundError(f"data_root {root} has no {ATTR_FILE}")
+    sizes = sorted(
+        int(d.name[len("images") :])
+        for d in root.glob("images*")
+        if d.is_dir() and d.name[len("images") :].isdigit()
+    )
+    if not sizes:
+        raise FileNotFoundError(f"data_root {root} has no images<N> folder (e.g. images64)")
+    size = next((s for s in sizes if s >= img_size), sizes[-1])
+    return root / f"images{size}", attr_file
+
+
+def open_faces(
+    data_root: str | os.PathLike | None,
+    img_size: int,
+    attrs: Sequence[str],
+    split: str,
+    *,
+    flip: bool = False,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> FaceDataset:
+    """The ``split`` of the CelebA-HQ faces at ``data_root`` (see ``FaceDataset``)."""
+    image_dir, attr_file = celebahq_paths(data_root, img_size)
+    return FaceDataset(
+        image_dir, attr_file, attrs=list(attrs), split=split, size=img_size, flip=flip,
+        limit=limit, cache_dir=cache_dir,
+    )
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Per-image PSNR in dB of ``(N, C, H, W)`` batches; the default range is that of images in
+    [-1, 1]. Identical images give ``inf``."""
+    _check_same_shape(x, y)
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(data_range**2 / mse)).float()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of ``(N, 3, H, W)`` batches of images in [-1, 1] (Wang et al. 2004:
+    11x11 Gaussian window, sigma 1.5, K = (0.01, 0.03), channels averaged).
+
+    pytorch-msssim computes it: a small pure-torch package (batched, any device, no SciPy),
+    unlike scikit-image, which would mean NumPy round trips and a large dependency tree.
+    """
+    _check_same_shape(x, y)
+    return _msssim_ssim((x + 1) / 2, (y + 1) / 2, data_range=1.0, size_average=False)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+class AttributeClassifier(nn.Module):
+    """Fader Networks' evaluation classifier for binary attributes.
+
+    ``forward(x)`` maps images ``(N, 3, img_size, img_size)`` in [-1, 1] to logits
+    ``(N, len(attrs), 2)``; ``predict(x)`` to the predicted values ``(N, len(attrs))`` (0 or 1).
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        attrs: Sequence[str],
+        init_fm: int = 32,
+        max_fm: int = 512,
+        hid_dim: int = 512,
+    ) -> None:
+        super().__init__()
+        _check_img_size(img_size)
+        self.img_size, self.attrs = img_size, _check_attr_names(attrs)
+        self.config = {
+            "img_size": img_size, "attrs": list(self.attrs), "init_fm": init_fm,
+            "max_fm": max_fm, "hid_dim": hid_dim,
+        }
+        layers, n_in, n_out = [], 3, init_fm
+        for i in range(int(math.log2(img_size))):  # halve the side down to 1x1
+            layers.append(nn.Conv2d(n_in, n_out, 4, 2, 1))
+            if i > 0:  # Fader leaves the first layer unnormalised
+                layers.append(nn.BatchNorm2d(n_out))
+            layers.append(nn.LeakyReLU(0.2))
+            n_in, n_out = n_out, min(2 * n_out, max_fm)
+        self.conv_layers = nn.Sequential(*layers)
+        self.proj_layers = nn.Sequential(
+            nn.Linear(n_in, hid_dim), nn.LeakyReLU(0.2), nn.Linear(hid_dim, 2 * len(self.attrs))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = (3, self.img_size, self.img_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            shape = ", ".join(map(str, expected))
+            raise ValueError(f"expected images (N, {shape}), got {tuple(x.shape)}")
+        logits = self.proj_layers(self.conv_layers(x).flatten(1))
+        return logits.view(len(x), len(self.attrs), 2)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).argmax(-1)
+
+
+def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``(N, A, 2)`` logits against ``(N, A)`` 0/1 labels, summed over the
+    attributes as in Fader's ``get_attr_loss``."""
+    per_attr = F.cross_entropy(logits.transpose(1, 2), labels.long(), reduction="none")
+    return per_attr.mean(0).sum()
+
+
+def classifier_accuracy(
+    classifier: AttributeClassifier, dataset: FaceDataset, batch_size: int = 64
+) -> dict[str, float]:
+    """Per attribute, the fraction of ``dataset`` (opened with ``classifier.attrs``) classified
+    right."""
+    device = _device_of(classifier)
+    hits = torch.zeros(len(classifier.attrs), dtype=torch.float64)
+    with _eval_mode(classifier), torch.no_grad():
+        for images, labels in _batches(dataset, len(dataset), batch_size):
+            predicted = classifier.predict(images.to(device)).cpu()
+            hits += (predicted == labels.long()).sum(0)
+    return dict(zip(classifier.attrs, (hits / len(dataset)).tolist()))
+
+
+class ClassifierRun(NamedTuple):
+    """What ``train_classifier`` returns: the classifier (eval mode), the loss of every step and
+    the ``meta`` stored with it."""
+
+    classifier: AttributeClassifier
+    losses: list[float]
+    meta: dict
+
+
+def train_classifier(
+    data_root: str | os.PathLike | None = None,
+    img_size: int = 64,
+    attrs: Sequence[str] = DEFAULT_ATTRS,
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    out_path: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> ClassifierRun:
+    """Train an ``AttributeClassifier`` on the train split of the faces at ``data_root`` and
+    measure its accuracy on the test split; saved to ``out_path`` when given.
+
+    ``limit`` keeps only the first ``limit`` listed images before splitting (as
+    ``FaceDataset``), for quick runs; ``meta["train_seconds"]`` times the training steps only.
+    """
+    _check_positive_int(steps, "steps")
+    _check_positive_int(batch_size, "batch_size")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    attrs = _check_attr_names(attrs)
+    train = open_faces(data_root, img_size, attrs, "train", flip=True, limit=limit,
+                       cache_dir=cache_dir)
+    test = open_faces(data_root, img_size, attrs, "test", limit=limit, cache_dir=cache_dir)
+    if batch_size > len(train):
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(train)} training images")
+    device = torch.device(_default_device() if device is None else device)
+    # Seeded initialisation that leaves the caller's global RNG as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        classifier = AttributeClassifier(img_size, attrs).to(device)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=_ADAM_BETAS)
+    batches = _endless_batches(train, batch_size, torch.Generator().manual_seed(seed))
+
+    classifier.train()
+    losses = []
+    start = time.perf_counter()
+    for _ in tqdm(range(steps), desc="exprfast: training classifier", disable=not progress):
+        images, labels = next(batches)
+        loss = classifier_loss(classifier(images.to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(classifier.parameters(), _MAX_GRAD_NORM)
+        optimizer.step()
+        losses.append(loss.item())
+    train_seconds = time.perf_counter() - start
+    classifier.eval()
+
+    meta = {
+        "test_accuracy": classifier_accuracy(classifier, test),
+        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "train_seconds": round(train_seconds, 2),
+        "n_train": len(train), "n_test": len(test), "final_loss": losses[-1],
+    }
+    if out_path is not None:
+        save_classifier(classifier, out_path, meta)
+    return ClassifierRun(classifier, losses, meta)
+
+
+def save_classifier(classifier: AttributeClassifier, path: str | os.PathLike, meta: dict) -> None:
+    """Write ``classifier`` to ``path`` (loadable with ``torch.load(weights_only=True)``); the file
+    is written beside ``path`` and renamed into place, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in classifier.state_dict().items()}
+    payload = {
+        "format": FORMAT, "version": VERSION, "config": classifier.config,
+        "state_dict": state, "meta": meta,
+    }
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_classifier(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> AttributeClassifier:
+    """Load a classifier written by ``save_classifier``, in eval mode; its ``meta`` dict is
+    attached as ``.meta``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises pickle, zip and runtime errors on foreign files
+        raise ValueError(f"{path} is not an exprfast classifier file: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an exprfast classifier file (format {FORMAT!r})")
+    if payload.get("version") != VERSION:
+        raise ValueError(
+            f"{path} has classifier file version {payload.get('version')!r}; this exprfast "
+            f"reads version {VERSION}"
+        )
+    classifier = AttributeClassifier(**payload["config"])
+    classifier.load_state_dict(payload["state_dict"])
+    classifier.meta = payload.get("meta", {})
+    return classifier.to(map_location).eval()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model: nn.Module,
+    classifier: nn.Module,
+    data_root: str | os.PathLike | None = None,
+    img_size: int | None = None,
+    attrs: Sequence[str] | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 64,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Reconstruction and swap metrics of ``model`` on ``split`` of the faces at ``data_root``.
+
+    ``img_size`` defaults to (and must equal) ``model.img_size``; ``attrs`` are the model
+    attributes to swap (default all). ``limit`` evaluates the first ``limit`` images of the split
+    (the split itself is that of the whole data set, so test images stay unseen in training).
+    See ``evaluate_dataset`` for the result.
+    """
+    if img_size is not None and img_size != model.img_size:
+        raise ValueError(f"img_size {img_size} differs from the model's {model.img_size}")
+    dataset = open_faces(data_root, model.img_size, model.attrs, split, cache_dir=cache_dir)
+    results = evaluate_dataset(model, classifier, dataset, attrs, limit, batch_size)
+    return {"split": split, **results}
+
+
+def evaluate_dataset(
+    model: nn.Module,
+    classifier: nn.Module,
+    dataset,
+    attrs: Sequence[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Metrics of ``model`` on ``dataset`` (anything with ``len`` and ``batch(indices) ->
+    (images, labels)``, labels in ``model.attrs`` order).
+
+    ``model`` needs ``attrs``, ``img_size``, ``encode(x) -> z``, ``decode(z, attrs) -> x_hat``;
+    ``classifier`` needs ``attrs``, ``img_size`` and ``forward(x) -> (N, A, 2)`` logits. Both run
+    in eval mode without gradients on the model's device (the classifier is moved there).
+    Decoded images are clamped to [-1, 1], the range of real images.
+
+    Returns ``n_images``, ``img_size``, ``attrs``, ``psnr`` (dB) and ``ssim`` (means over images
+    of the reconstruction with the true attributes), ``swap_accuracy`` ``{attr: {"0", "1",
+    "mean"}}``, ``swap_accuracy_mean``, ``classifier_accuracy`` (on the real images: the
+    ceiling for swap accuracy) and ``seconds``.
+    """
+    attrs = list(model.attrs) if attrs is None else _check_attr_names(attrs)
+    _check_compatible(model, classifier, attrs)
+    if limit is not None:
+        _check_positive_int(limit, "limit")
+    _check_positive_int(batch_size, "batch_size")
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    model_cols = [list(model.attrs).index(a) for a in attrs]
+    clf_cols = [list(classifier.attrs).index(a) for a in attrs]
+    device = _device_of(model)
+    classifier.to(device)
+
+    start = time.perf_counter()
+    psnr_sum = ssim_sum = 0.0
+    real_hits = torch.zeros(len(attrs), dtype=torch.float64)
+    swap_hits = torch.zeros(len(attrs), 2, dtype=torch.float64)
+    with _eval_mode(model, classifier), torch.no_grad():
+        for images, labels in _batches(dataset, n, batch_size):
+            images, labels = images.to(device), labels.to(device)
+            z = model.encode(images)
+            recon = model.decode(z, labels).clamp(-1, 1)
+            psnr_sum += psnr(recon, images).sum().item()
+            ssim_sum += ssim(recon, images).sum().item()
+            predicted = classifier(images).argmax(-1)[:, clf_cols]
+            real_hits += (predicted == labels[:, model_cols].long()).sum(0).cpu()
+            swap_hits += _swap_hits(model, classifier, z, labels, model_cols, clf_cols)
+
+    swap = swap_hits / n
+    return {
+        "n_images": n,
+        "img_size": model.img_size,
+        "attrs": attrs,
+        "psnr": psnr_sum / n,
+        "ssim": ssim_sum / n,
+        "swap_accuracy": {
+            a: {"0": row[0], "1": row[1], "mean": (row[0] + row[1]) / 2}
+            for a, row in zip(attrs, swap.tolist())
+        },
+        "swap_accuracy_mean": swap.mean().item(),
+        "classifier_accuracy": dict(zip(attrs, (real_hits / n).tolist())),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _swap_hits(model, classifier, z, labels, model_cols, clf_cols) -> torch.Tensor:
+    """``(A, 2)`` counts of images decoded with attribute ``a`` set to ``v`` (the others kept)
+    that the classifier reads as ``v``: Fader's ``eval_clf_accuracy``."""
+    hits = torch.zeros(len(model_cols), 2, dtype=torch.float64)
+    for k, (m, c) in enumerate(zip(model_cols, clf_cols)):
+        for value in (0, 1):
+            swapped = labels.clone()
+            swapped[:, m] = value
+            decoded = model.decode(z, swapped).clamp(-1, 1)
+            hits[k, value] = (classifier(decoded).argmax(-1)[:, c] == value).sum().item()
+    return hits
+
+
+def write_results(results: dict, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Write ``results`` to ``out_dir/name.json`` and a markdown table to ``out_dir/name.md``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(results_markdown(results, name))
+    return json_path, md_path
+
+
+def results_markdown(results: dict, name: str) -> str:
+    """Markdown summary of ``evaluate`` results."""
+    split = results.get("split", "evaluation")
+    lines = [
+        f"# {name}",
+        "",
+        f"{results['n_images']} {split} images at {results['img_size']} px.",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| reconstruction PSNR | {results['psnr']:.2f} dB |",
+        f"| reconstruction SSIM | {results['ssim']:.4f} |",
+        f"| swap accuracy (mean) | {_percent(results['swap_accuracy_mean'])} |",
+        "",
+        "| attribute | swapped to 0 | swapped to 1 | swap mean | classifier on real images |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for attr in results["attrs"]:
+        swap = results["swap_accuracy"][attr]
+        cells = [swap["0"], swap["1"], swap["mean"], results["classifier_accuracy"][attr]]
+        lines.append(f"| {attr} | " + " | ".join(map(_percent, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``exprfast evaluate``."""
+    parser.add_argument("--model", required=True, type=Path,
+                        help="model or training checkpoint file (read with exprfast.edit.load)")
+    parser.add_argument("--classifier", required=True, type=Path,
+                        help="attribute classifier from 'exprfast train-classifier'")
+    _add_data_arguments(parser)
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="evaluate only the first N images of the split")
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="folder for NAME.json and NAME.md")
+    parser.add_argument("--name", default=None, help="file name stem (default: the model's)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``exprfast evaluate``: writes the results and prints the markdown table."""
+    try:
+        model = _load_model(args.model).to(_device_arg(args.device))
+        classifier = load_classifier(args.classifier)
+        results = evaluate(
+            model, classifier, args.data_root, split=args.split, limit=args.limit,
+            batch_size=args.batch_size, cache_dir=args.cache_dir,
+        )
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        return _fail("evaluate", error)
+    results.update(model=str(args.model), classifier=str(args.classifier))
+    name = args.name or args.model.stem
+    json_path, md_path = write_results(results, args.output, name)
+    print(results_markdown(results, name))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``exprfast train-classifier``."""
+    parser.add_argument("--attrs", nargs="+", default=list(DEFAULT_ATTRS),
+                        help="attribute names, e.g. Smiling Mouth_Slightly_Open")
+    parser.add_argument("--img-size", type=_positive_int, default=64)
+    parser.add_argument("--steps", type=_positive_int, default=1500)
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="use only the first N listed images (before splitting)")
+    _add_data_arguments(parser)
+    parser.add_argument("-o", "--output", required=True, type=Path, help="classifier file to write")
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    """``exprfast train-classifier``: trains, saves and prints the test accuracy."""
+    try:
+        run = train_classifier(
+            args.data_root, args.img_size, args.attrs, args.steps, args.batch_size, args.lr,
+            args.output, seed=args.seed, limit=args.limit, cache_dir=args.cache_dir,
+            device=_device_arg(args.device),
+        )
+    except (FileNotFoundError, ValueError) as error:
+        return _fail("train-classifier", error)
+    accuracy = ", ".join(f"{a} {_percent(v)}" for a, v in run.meta["test_accuracy"].items())
+    print(f"test accuracy ({run.meta['n_test']} images): {accuracy}")
+    print(f"trained {args.steps} steps in {run.meta['train_seconds']:.0f} s; wrote {args.output}")
+    return 0
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="CelebA-HQ folder (attribute file + images<N>/); default "
+                             "../shared/data/celebahq beside the repository")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="image cache folder (default ~/.cache/exprfast)")
+    parser.add_argument("--device", default=None, help="torch device (default cuda if available)")
+
+
+def _load_model(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    from .edit import load  # imported here: edit imports the model stack, not needed otherwise
+
+    return load(path).model
+
+
+def _fail(command: str, error: Exception) -> int:
+    print(f"exprfast {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _device_arg(device: str | None) -> torch.device:
+    return torch.device(_default_device() if device is None else device)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    parameter = next(module.parameters(), None)
+    return torch.device("cpu") if parameter is None else parameter.device
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block, each module's own mode restored after it."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def _batches(dataset, n: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` items of ``dataset`` in order, ``batch_size`` at a time."""
+    for start in range(0, n, batch_size):
+        yield dataset.batch(torch.arange(start, min(start + batch_size, n)))
+
+
+def _endless_batches(dataset: FaceDataset, batch_size: int, generator: torch.Generator):
+    while True:
+        yield from dataset.iter_batches(batch_size, generator=generator)
+
+
+def _check_compatible(model: nn.Module, classifier: nn.Module, attrs: list[str]) -> None:
+    missing_in_model = [a for a in attrs if a not in model.attrs]
+    if missing_in_model:
+        raise ValueError(
+            f"unknown attrs {missing_in_model}; the model's attributes are {list(model.attrs)}"
+        )
+    missing = [a for a in attrs if a not in classifier.attrs]
+    if missing:
+        raise ValueError(
+            f"the classifier does not predict {missing} (it predicts {list(classifier.attrs)}); "
+            "train one with those attributes"
+        )
+    if classifier.img_size != model.img_size:
+        raise ValueError(
+            f"the classifier takes {classifier.img_size} px images but the model makes "
+            f"{model.img_size} px ones"
+        )
+
+
+def _check_attr_names(attrs: Sequence[str] | str) -> list[str]:
+    attrs = [attrs] if isinstance(attrs, str) else list(attrs)
+    if not attrs or len(set(attrs)) != len(attrs):
+        raise ValueError(f"attrs must be distinct attribute names, got {attrs}")
+    return attrs
+
+
+def _check_img_size(img_size: int) -> None:
+    _check_positive_int(img_size, "img_size")
+    if img_size < 2 or img_size & (img_size - 1):
+        raise ValueError(f"img_size must be a power of two >= 2, got {img_size}")
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_same_shape(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"expected two (N, C, H, W) batches of one shape, got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
