@@ -25,6 +25,14 @@ def _add_params(commands):
     p.set_defaults(run=_params)
 
 
+def _add_training(commands):
+    from . import train
+
+    p = commands.add_parser("train", help="train a model (same flags as scripts/train_fast.py)")
+    train.add_arguments(p)
+    p.set_defaults(run=train.run_train)
+
+
 def _add_evaluation(commands):
     from . import evaluate
 
@@ -41,6 +49,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="show which kernels this build has").set_defaults(run=_info)
     _add_params(commands)
+    _add_training(commands)
     _add_evaluation(commands)
     return parser
 

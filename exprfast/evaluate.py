@@ -35,54 +35,15 @@ from pytorch_msssim import ssim as _msssim_ssim
 from torch import nn
 from tqdm import tqdm
 
-from .data import DEFAULT_ATTRS, SPLITS, FaceDataset
+from .data import DEFAULT_ATTRS, SPLITS, FaceDataset, celebahq_paths
 
 FORMAT = "exprfast-classifier"
 VERSION = 1
-ATTR_FILE = "CelebAMask-HQ-attribute-anno.txt"
-_DATA_SUBDIR = Path("shared") / "data" / "celebahq"
 _MAX_GRAD_NORM = 5.0  # Fader's classifier.py default
 _ADAM_BETAS = (0.5, 0.999)  # Fader's get_optimizer("adam")
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def default_data_root() -> Path | None:
-    """``../shared/data/celebahq`` beside the repository root, or ``None`` if it is absent.
-
-    The repository is found from this file (an editable or in-tree install) or, for a regular
-    install into site-packages, from the working directory (commands run from the repository).
-    """
-    candidates = (Path(__file__).resolve().parents[1].parent, Path.cwd().resolve().parent)
-    for base in candidates:
-        if (base / _DATA_SUBDIR).is_dir():
-            return base / _DATA_SUBDIR
-    return None
-
-
-def celebahq_paths(data_root: str | os.PathLike | None, img_size: int) -> tuple[Path, Path]:
-    """``(image_dir, attr_file)`` of a CelebA-HQ root for ``img_size`` px images: the
-    ``images<N>`` folder with the smallest ``N >= img_size`` (the least decoding work without
-    upsampling), else the largest one."""
-    root = default_data_root() if data_root is None else Path(data_root)
-    if root is None:
-        raise FileNotFoundError(
-            f"no CelebA-HQ data root found (looked for ../{_DATA_SUBDIR} beside the repository "
-            "and the working directory); pass data_root / --data-root"
-        )
-    attr_file = root / ATTR_FILE
-    if not attr_file.is_file():
-        raise FileNotFoundError(f"data_root {root} has no {ATTR_FILE}")
-    sizes = sorted(
-        int(d.name[len("images") :])
-        for d in root.glob("images*")
-        if d.is_dir() and d.name[len("images") :].isdigit()
-    )
-    if not sizes:
-        raise FileNotFoundError(f"data_root {root} has no images<N> folder (e.g. images64)")
-    size = next((s for s in sizes if s >= img_size), sizes[-1])
-    return root / f"images{size}", attr_file
 
 
 def open_faces(

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from exprfast import evaluate as ev
+from exprfast.data import ATTR_FILE, celebahq_paths
 
 REAL_CELEBAHQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celebahq"
 
@@ -85,7 +86,7 @@ def make_celebahq(root: Path, n=40, size=16, names=("Smiling", "Male", "Eyeglass
         Image.fromarray(pixels).save(image_dir / f"{i}.png")
         values = [1 if (i >> k) & 1 else -1 for k in range(len(names))]
         rows.append(f"{i}.png " + " ".join(map(str, values)))
-    (root / ev.ATTR_FILE).write_text("\n".join([str(n), " ".join(names), *rows]) + "\n")
+    (root / ATTR_FILE).write_text("\n".join([str(n), " ".join(names), *rows]) + "\n")
     return root
 
 
@@ -270,10 +271,10 @@ def test_train_classifier_argument_errors(tmp_path):
 def test_celebahq_paths_pick_the_smallest_folder_that_is_large_enough(tmp_path):
     for size in (16, 64):
         (tmp_path / f"images{size}").mkdir()
-    (tmp_path / ev.ATTR_FILE).write_text("0\nSmiling\n")
-    assert ev.celebahq_paths(tmp_path, 8)[0].name == "images16"
-    assert ev.celebahq_paths(tmp_path, 32)[0].name == "images64"
-    assert ev.celebahq_paths(tmp_path, 128)[0].name == "images64"
+    (tmp_path / ATTR_FILE).write_text("0\nSmiling\n")
+    assert celebahq_paths(tmp_path, 8)[0].name == "images16"
+    assert celebahq_paths(tmp_path, 32)[0].name == "images64"
+    assert celebahq_paths(tmp_path, 128)[0].name == "images64"
 
 
 @pytest.mark.skipif(

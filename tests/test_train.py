@@ -1,0 +1,304 @@
+"""exprfast.train: a short run on real faces, exact resume, checkpoint contents, 2-process DDP
+(gloo), SIGINT, the data order, and clear errors for bad data and flags. Tiny models at 32 px."""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from exprfast import train as tr
+from exprfast.models import build
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CELEBAHQ = REPO.parent / "shared" / "data" / "celebahq"
+SCRIPT = REPO / "scripts" / "train_fast.py"
+TINY = {"init_fm": 8, "max_fm": 32, "dis_hidden": 64}
+TINY_FLAGS = ["--init-fm", "8", "--max-fm", "32", "--dis-hidden", "64"]
+# Tiny models run fastest on one thread, and then do not fight other jobs for the cores.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Class folders ``happy``/``neutral`` of 24 synthetic 32 px images each (a bright or dark
+    square on noise): 40 train, 4 val, 4 test images, two attributes."""
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for name, level in (("happy", 220), ("neutral", 40)):
+        (root / name).mkdir()
+        for i in range(24):
+            pixels = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
+            pixels[8:24, 8:24] = level
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_config(data_root, run_dir, cache_dir, **changes):
+    settings = dict(
+        data_root=data_root, run_dir=run_dir, cache_dir=cache_dir, img_size=32, batch_size=8,
+        steps=4, model_overrides=TINY, log_every=1, val_every=2, sample_every=2,
+        checkpoint_every=100, val_images=8, sample_images=4, progress=False,
+    )
+    return tr.TrainConfig(**{**settings, **changes})
+
+
+def records(run_dir, key):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if key in r]
+
+
+def tiny_flags(data_root, run_dir, cache_dir):
+    return [
+        "--data-root", str(data_root), "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
+        "--img-size", "32", "--batch-size", "8", "--log-every", "1", "--val-images", "4",
+        "--sample-images", "2", "--no-progress", *TINY_FLAGS,
+    ]
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+@pytest.mark.skipif(not REAL_CELEBAHQ.is_dir(), reason=f"no CelebA-HQ faces at {REAL_CELEBAHQ}")
+def test_real_faces_reconstruction_loss_falls(tmp_path):
+    config = tiny_config(
+        REAL_CELEBAHQ, tmp_path / "run", None, limit=300, batch_size=16, steps=40, log_every=10,
+        val_every=40, sample_every=40, val_images=30,
+    )
+    result = tr.train(config)
+    losses = [r["recon_loss"] for r in records(config.run_dir, "recon_loss")]
+    assert len(losses) == 4 and losses[-1] < 0.75 * losses[0], losses
+    assert result["step"] == 40 and not result["interrupted"]
+    assert 0 < result["val_recon_mse"] < 1 and 0 <= result["val_dis_acc"] <= 1
+    assert result["samples_per_s"] > 0
+    # 4 faces x (original | reconstruction | Smiling flipped), 32 px tiles with 2 px gaps.
+    with Image.open(tmp_path / "run" / "samples" / "step-0000040.png") as grid:
+        assert grid.size == (3 * 34 + 2, 4 * 34 + 2)
+    assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
+
+
+def test_resume_reproduces_the_uninterrupted_run(faces, cache_dir, tmp_path):
+    # 6 steps cross an epoch boundary (5 batches of 8 per epoch, 2 batches per step);
+    # mid-run checkpoints, validation and samples must not disturb anything.
+    straight = tr.train(tiny_config(faces, tmp_path / "a", cache_dir, steps=6,
+                                    checkpoint_every=2))
+    tr.train(tiny_config(faces, tmp_path / "b", cache_dir, steps=3))
+    resumed = tr.train(tiny_config(faces, tmp_path / "b", cache_dir, steps=6, resume="auto"))
+    assert straight["step"] == resumed["step"] == 6
+
+    a = tr.load_checkpoint(straight["checkpoint"])
+    b = tr.load_checkpoint(resumed["checkpoint"])
+    assert a["model"].keys() == b["model"].keys()
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for key in ("ae_optimizer", "dis_optimizer"):
+        for p, state in a[key]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, b[key]["state"][p][name]), (key, p, name)
+    same = ("recon_loss", "adv_loss", "dis_loss", "dis_acc", "lambda")
+    logged = [[{k: r[k] for k in ("step", *same)} for r in records(run, "recon_loss")]
+              for run in (tmp_path / "a", tmp_path / "b")]
+    assert logged[0] == logged[1] and len(logged[0]) == 6  # the resumed log replaces 4..6
+    # keep_checkpoints=2: the step-2 checkpoint of run a was removed.
+    assert [p.name for p in tr.list_checkpoints(tmp_path / "a")] == [
+        "checkpoint-0000004.pt", "checkpoint-0000006.pt"]
+
+
+def test_checkpoint_holds_plain_data_and_rebuilds_the_model(faces, cache_dir, tmp_path):
+    result = tr.train(tiny_config(faces, tmp_path / "run", cache_dir, steps=2))
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    assert checkpoint["format"] == tr.FORMAT and checkpoint["step"] == 2
+    assert checkpoint["model_config"]["attrs"] == ("happy", "neutral")
+    assert checkpoint["data"] == {"seed": 0, "batch_size": 8, "dataset_size": 40,
+                                  "next_batch": 4}
+    assert len(checkpoint["rng"]) == 1 and set(checkpoint["rng"][0]) == {
+        "torch", "cuda", "numpy", "python"}
+    model = tr.model_from_checkpoint(result["checkpoint"])
+    assert not model.training and model.preset == "paper"
+    rebuilt = build(**checkpoint["model_config"])
+    rebuilt.load_state_dict(checkpoint["model"])
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    attrs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.equal(model(x, attrs)[1], rebuilt.eval()(x, attrs)[1])
+
+
+@pytest.mark.parametrize("preset, precision, channels_last", [
+    ("fader", "bf16", True),
+    ("paper-eager", "fp32", True),
+    ("paper", "bf16", False),
+])
+def test_presets_precisions_and_memory_formats_train(faces, cache_dir, tmp_path, preset,
+                                                     precision, channels_last):
+    result = tr.train(tiny_config(faces, tmp_path / "run", cache_dir, steps=2, preset=preset,
+                                  precision=precision, channels_last=channels_last))
+    assert result["step"] == 2 and np.isfinite(result["recon_loss"])
+    assert np.isfinite(result["val_recon_mse"])
+
+
+def test_two_process_ddp_over_gloo(faces, cache_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(SCRIPT), *tiny_flags(faces, run_dir, cache_dir), "--steps", "3",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                          env=ONE_THREAD_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["step"] == 3 and result["ranks_agree"] is True
+    checkpoint = tr.load_checkpoint(result["checkpoint"])
+    assert checkpoint["step"] == 3 and len(checkpoint["rng"]) == 2
+    # Each rank drew different dropout masks: their torch RNG streams differ.
+    assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
+
+
+def test_sigint_saves_a_checkpoint_that_resumes(faces, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(SCRIPT), *tiny_flags(faces, run_dir, cache_dir),
+               "--steps", "100000", "--checkpoint-every", "100000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=ONE_THREAD_ENV)
+    try:
+        _wait_for(lambda: len(_lines(run_dir / "metrics.jsonl")) >= 3, process)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "interrupted at step" in stderr
+    result = json.loads(stdout[stdout.index("{"):])
+    assert result["interrupted"] is True and 3 <= result["step"] < 100000
+    step = result["step"]
+    assert [p.name for p in tr.list_checkpoints(run_dir)] == [f"checkpoint-{step:07d}.pt"]
+
+    resumed = tr.train(tiny_config(faces, run_dir, cache_dir, steps=step + 2, resume="auto",
+                                   val_images=4, sample_images=2))
+    assert resumed["step"] == step + 2 and not resumed["interrupted"]
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def _wait_for(condition, process, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"training did not start: {process.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- data order, lambda
+
+
+def test_batch_stream_is_a_pure_function_of_seed_and_batch(faces, cache_dir):
+    dataset = tr.open_datasets(tiny_config(faces, "unused", cache_dir))[0]
+    stream = tr.BatchStream(dataset, batch_size=8, seed=3)
+    epoch = [stream.batch(b) for b in range(5)]
+    labels = torch.cat([attrs for _, attrs in epoch])
+    assert labels.sum(0).tolist() == dataset.labels.sum(0).tolist()  # one epoch: every image
+    again = tr.BatchStream(dataset, batch_size=8, seed=3).batch(4)
+    assert torch.equal(again[0], epoch[4][0])
+    assert not torch.equal(stream.batch(5)[0], epoch[0][0])  # a new epoch, a new order
+    assert not torch.equal(tr.BatchStream(dataset, 8, seed=4).batch(0)[0], epoch[0][0])
+    # Two ranks split each batch: together they hold its samples (up to the flips).
+    shards = [tr.BatchStream(dataset, 8, seed=3, rank=r, world_size=2).batch(1) for r in (0, 1)]
+    assert all(len(images) == 4 for images, _ in shards)
+    assert sorted(torch.cat([a for _, a in shards]).tolist()) == sorted(epoch[1][1].tolist())
+
+
+def test_lambda_ramps_linearly_then_stays():
+    assert tr.lambda_at(0, 1e-2, 1000) == 0
+    assert tr.lambda_at(500, 1e-2, 1000) == pytest.approx(5e-3)
+    assert tr.lambda_at(5000, 1e-2, 1000) == 1e-2
+    assert tr.lambda_at(0, 1e-2, 0) == 1e-2
+
+
+def test_adversarial_loss_targets_the_flipped_attributes():
+    logits = torch.tensor([[-5.0, 5.0, 5.0, -5.0]])  # attribute 0 -> class 1, attribute 1 -> 0
+    attrs = torch.tensor([[0.9, 0.2]])
+    targets = tr.attribute_targets(attrs)
+    assert targets.tolist() == [[1, 0]]
+    assert tr.discriminator_loss(logits, targets) < 1e-3  # the discriminator is right
+    assert tr.discriminator_loss(logits, 1 - targets) > 9  # summed over the 2 attributes
+    assert tr.discriminator_accuracy(logits, targets) == 1
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_data_root_names_the_flag(tmp_path, faces, cache_dir):
+    with pytest.raises(ValueError, match="--data-root .*missing is not an existing folder"):
+        tr.train(tiny_config(tmp_path / "missing", tmp_path / "run", cache_dir))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="--data-root .*neither"):
+        tr.train(tiny_config(tmp_path / "empty", tmp_path / "run", cache_dir))
+    with pytest.raises(ValueError, match="--batch-size 64 exceeds the 40 training images"):
+        tr.train(tiny_config(faces, tmp_path / "run", cache_dir, batch_size=64))
+    with pytest.raises(ValueError, match="--resume"):
+        tr.train(tiny_config(faces, tmp_path / "run", cache_dir, resume=tmp_path / "no.pt"))
+    with pytest.raises(ValueError, match="--precision fp16 needs a CUDA device"):
+        tr.train(tiny_config(faces, tmp_path / "run", cache_dir, precision="fp16",
+                             device="cpu"))
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="train")
+    tr.add_arguments(parser)
+    return parser
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["--img-size", "48"], "--img-size must be a power of two >= 32, got 48"),
+    (["--lambda-lat", "-1"], "--lambda-lat must be a number >= 0, got -1.0"),
+    (["--betas", "0.5", "1.5"], r"--betas must be two numbers in \[0, 1\)"),
+    (["--init-fm", "0"], "bad model flags .*init_fm must be a positive int"),
+    (["--attrs", "Smiling", "Smiling"], "bad model flags .*attrs must not repeat"),
+])
+def test_bad_flag_values_name_the_flag(flags, message, capsys):
+    with pytest.raises(ValueError, match=message):
+        tr.config_from_args(_parser().parse_args(flags))
+    assert tr.run_train(_parser().parse_args(flags)) == 2
+    assert "exprfast train: error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--precision", "fp8"], "--precision"),
+    (["--preset", "unet"], "--preset"),
+    (["--steps", "many"], "--steps"),
+])
+def test_unparsable_flags_exit_naming_the_flag(flags, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(flags)
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_every_config_field_is_a_flag_with_its_default():
+    config = tr.config_from_args(_parser().parse_args([]))
+    assert config == tr.TrainConfig()
+    args = _parser().parse_args(["--init-fm", "8", "--attrs", "Smiling", "Male",
+                                 "--no-flip", "--betas", "0.9", "0.99"])
+    config = tr.config_from_args(args)
+    assert config.model_overrides == {"init_fm": 8} and config.attrs == ("Smiling", "Male")
+    assert config.flip is False and config.betas == (0.9, 0.99)
