@@ -33,6 +33,17 @@ def _add_training(commands):
     p.set_defaults(run=train.run_train)
 
 
+def _add_editing(commands):
+    from . import edit
+
+    p = commands.add_parser("edit", help="put on / remove a smile (any attribute) in your own photos")
+    edit.add_edit_arguments(p)
+    p.set_defaults(run=edit.run_edit)
+    p = commands.add_parser("grid", help="interpolation grid: a face with an attribute swept")
+    edit.add_grid_arguments(p)
+    p.set_defaults(run=edit.run_grid)
+
+
 def _add_evaluation(commands):
     from . import evaluate
 
@@ -50,6 +61,7 @@ def build_parser():
     commands.add_parser("info", help="show which kernels this build has").set_defaults(run=_info)
     _add_params(commands)
     _add_training(commands)
+    _add_editing(commands)
     _add_evaluation(commands)
     return parser
 

@@ -42,6 +42,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMAT = "exprfast-model"
 VERSION = 1
+# exprfast.train's checkpoints ("model_config" + "model" state_dict), which load() reads too
+TRAIN_CHECKPOINT_FORMAT = "exprfast-train-checkpoint"
+TRAIN_CHECKPOINT_VERSION = 1
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The bundled model: absent until one is trained and added (``load()`` then says so).
 DEFAULT_MODEL = PACKAGE_DIR / "pretrained" / "smiling.pt"
@@ -76,7 +79,6 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, meta: dict | Non
             value = value.to(torch.float16)
         state[key] = value.clone()
     config = dict(model.config)
-    config["attrs"] = list(config["attrs"])
     payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
                "meta": dict(meta or {})}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -89,8 +91,10 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, meta: dict | Non
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Editor":
     """The model file at ``path`` (default the bundled ``DEFAULT_MODEL``) as an :class:`Editor`
-    on ``device``, float32, eval mode. Raises FileNotFoundError if the file is missing and
-    ValueError (naming the file and the problem) if it is not a readable exprfast model."""
+    on ``device``, float32, eval mode. A training checkpoint of ``exprfast train`` works too
+    (its step and training config become ``meta``). Raises FileNotFoundError if the file is
+    missing and ValueError (naming the file and the problem) if it is not a readable exprfast
+    model."""
     from .models import build
 
     if path is None:
@@ -107,11 +111,19 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     except Exception as error:  # pickle, zip and runtime errors on foreign or damaged files
         raise ValueError(f"{path} is not a readable exprfast model file: {_one_line(error)}") \
             from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found == TRAIN_CHECKPOINT_FORMAT:
+        if payload.get("version") != TRAIN_CHECKPOINT_VERSION:
+            raise ValueError(f"{path} is training checkpoint version "
+                             f"{payload.get('version')!r}; this exprfast reads version "
+                             f"{TRAIN_CHECKPOINT_VERSION}")
+        meta = {"step": payload.get("step"), "train_config": payload.get("train_config")}
+        payload = {"config": payload.get("model_config"), "state_dict": payload.get("model"),
+                   "meta": meta}
+    elif found != FORMAT:
         raise ValueError(f"{path} is not an exprfast model file (format {found!r}, expected "
                          f"{FORMAT!r})")
-    if payload.get("version") != VERSION:
+    elif payload.get("version") != VERSION:
         raise ValueError(f"{path} is exprfast model file version {payload.get('version')!r}; "
                          f"this exprfast reads version {VERSION}")
     config, state = payload.get("config"), payload.get("state_dict")
@@ -234,12 +246,14 @@ class Editor:
         known = torch.full((n_attrs,), math.nan)
         for name, value in current.items():
             known[self.attrs.index(name)] = value
-        unknown = [name for name in self.attrs if name not in changes and name not in current]
+        if not residual:  # the changed attributes' current values are not needed
+            for name, value in changes.items():
+                known[self.attrs.index(name)] = value
         outputs = []
         for start in range(0, len(x), _BATCH):
             xb = x[start:start + _BATCH]
             z = self.model.encode(xb)
-            if residual or unknown:
+            if torch.isnan(known).any():
                 base = self._estimate(xb, z, known)
             else:  # every value is given: no estimate needed
                 base = known.to(xb.device).expand(len(xb), n_attrs).clone()
@@ -546,7 +560,7 @@ def run_edit(args: argparse.Namespace) -> int:
                                         residual=not args.replace, return_faces=True)
             _save(result, target, args.quality)
         except (ValueError, OSError, RuntimeError) as error:
-            _error("edit", f"{source}: {_one_line(error)}")
+            _error("edit", _about(source, error))
             failures.append((source, error))
             continue
         notes = [f"face {k}: no eyes found, aligned by the detection box"
@@ -594,7 +608,7 @@ def run_grid(args: argparse.Namespace) -> int:
                                   align=args.align, cell=args.cell)
         _save(grid, args.output, 95)
     except (ValueError, OSError, RuntimeError) as error:
-        _error("grid", f"{args.photo}: {_one_line(error)}")
+        _error("grid", _about(args.photo, error))
         return 1
     print(f"{args.photo} -> {args.output}")
     return 0
@@ -665,6 +679,12 @@ def _save(image: Image.Image, path: Path, quality: int) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _about(path: Path, error: Exception) -> str:
+    """The error's first line, prefixed with ``path`` unless it names it already."""
+    message = _one_line(error)
+    return message if str(path) in message else f"{path}: {message}"
 
 
 def _error(command: str, message: str) -> None:
