@@ -42,6 +42,9 @@ def _add_editing(commands):
     p = commands.add_parser("grid", help="interpolation grid: a face with an attribute swept")
     edit.add_grid_arguments(p)
     p.set_defaults(run=edit.run_grid)
+    p = commands.add_parser("export", help="turn a training checkpoint into a model file")
+    edit.add_export_arguments(p)
+    p.set_defaults(run=edit.run_export)
 
 
 def _add_evaluation(commands):

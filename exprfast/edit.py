@@ -614,6 +614,25 @@ def run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="an exprfast train checkpoint (or a model file)")
+    parser.add_argument("-o", "--output", required=True, help="model file to write")
+    parser.add_argument("--float32", action="store_true",
+                        help="keep float32 weights (default: float16, half the size)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``exprfast export``: a training checkpoint as a model file for ``load``/``--model``."""
+    try:
+        editor = load(args.checkpoint)
+        save_model(editor.model, args.output, editor.meta, half=not args.float32)
+    except (FileNotFoundError, ValueError) as error:
+        return _fail("export", error)
+    size = Path(args.output).stat().st_size / 2**20
+    print(f"wrote {args.output} ({size:.1f} MiB, {'float32' if args.float32 else 'float16'})")
+    return 0
+
+
 def _parse_assignments(items: Sequence[str], option: str) -> dict[str, float]:
     values = {}
     for item in items or ():

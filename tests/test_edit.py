@@ -296,20 +296,42 @@ def test_save_load_round_trip(tmp_path):
         torch.testing.assert_close(edit.load(path).model(x, attrs)[1], x_hat, atol=0, rtol=0)
 
 
-def test_load_reads_training_checkpoints(tmp_path):
-    model = tiny_model()
-    path = tmp_path / "checkpoint-0000010.pt"
+def fake_training_checkpoint(model, path):
     # the layout of exprfast.train's checkpoints (Trainer.state_dict)
     torch.save({"format": "exprfast-train-checkpoint", "version": 1,
                 "model_config": dict(model.config), "model": model.state_dict(),
                 "ae_optimizer": {}, "dis_optimizer": {}, "scaler": {}, "step": 10,
                 "data": {}, "train_config": {"img_size": 32}}, path)
+    return path
+
+
+def test_load_reads_training_checkpoints(tmp_path):
+    model = tiny_model()
+    path = fake_training_checkpoint(model, tmp_path / "checkpoint-0000010.pt")
     loaded = edit.load(path)
     assert loaded.meta["step"] == 10 and loaded.attrs == ("Smiling",)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     attrs = torch.tensor([[0.0], [1.0]])
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x, attrs)[1], model(x, attrs)[1])
+
+
+def test_export_writes_a_half_precision_model_file(tmp_path, capsys):
+    from exprfast.cli import main
+
+    model = tiny_model()
+    checkpoint = fake_training_checkpoint(model, tmp_path / "checkpoint-0000010.pt")
+    out = tmp_path / "model.pt"
+    assert main(["export", str(checkpoint), "-o", str(out)]) == 0
+    payload = torch.load(out, weights_only=True)
+    assert payload["format"] == "exprfast-model" and payload["meta"]["step"] == 10
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    x, attrs = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([[0.0], [1.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(edit.load(out).model(x, attrs)[1], model.eval()(x, attrs)[1],
+                                   atol=2e-2, rtol=0)
+    assert main(["export", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_load_errors(tmp_path, monkeypatch):
