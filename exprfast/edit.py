@@ -55,6 +55,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ESTIMATE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 MAX_WORK_SIZE = 1024  # largest face crop (px) a photo edit works at in residual mode
 _BATCH = 32
+_DISCRIMINATOR = "latent_discriminator."
 
 
 class NoFaceFound(ValueError):
@@ -65,15 +66,18 @@ class NoFaceFound(ValueError):
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, meta: dict | None = None,
-               half: bool = True) -> None:
+               half: bool = True, discriminator: bool = True) -> None:
     """Write ``model`` (a ``FaderModel``) to ``path``: ``{"format": "exprfast-model",
     "version": 1, "config": model.config, "state_dict", "meta"}``, floating-point tensors in
-    float16 when ``half`` (half the size; ``load`` restores float32). The file is written beside
-    ``path`` and renamed into place, so readers never see a partial file."""
+    float16 when ``half`` (half the size; ``load`` restores float32), without the latent
+    discriminator's weights unless ``discriminator`` (editing does not need them). The file is
+    written beside ``path`` and renamed into place, so readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, value in model.state_dict().items():
+        if not discriminator and key.startswith(_DISCRIMINATOR):
+            continue
         value = value.detach().cpu()
         if half and value.is_floating_point():
             value = value.to(torch.float16)
@@ -133,9 +137,14 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         model = build(**config)
         state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
                  for k, v in state.items()}
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"{path} does not hold a valid model: {_one_line(error)}") from error
+    # Editing never uses the latent discriminator, so model files may leave it out.
+    missing = [key for key in missing if not key.startswith(_DISCRIMINATOR)]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not hold a valid model: missing weights {missing[:3]}, "
+                         f"unexpected weights {unexpected[:3]}")
     meta = payload.get("meta") or {}
     return Editor(model, meta=meta if isinstance(meta, dict) else {}, device=device)
 
@@ -619,13 +628,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="model file to write")
     parser.add_argument("--float32", action="store_true",
                         help="keep float32 weights (default: float16, half the size)")
+    parser.add_argument("--with-discriminator", action="store_true",
+                        help="keep the latent discriminator (default: left out; editing and "
+                             "evaluation do not use it)")
 
 
 def run_export(args: argparse.Namespace) -> int:
     """``exprfast export``: a training checkpoint as a model file for ``load``/``--model``."""
     try:
         editor = load(args.checkpoint)
-        save_model(editor.model, args.output, editor.meta, half=not args.float32)
+        save_model(editor.model, args.output, editor.meta, half=not args.float32,
+                   discriminator=args.with_discriminator)
     except (FileNotFoundError, ValueError) as error:
         return _fail("export", error)
     size = Path(args.output).stat().st_size / 2**20

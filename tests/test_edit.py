@@ -326,6 +326,7 @@ def test_export_writes_a_half_precision_model_file(tmp_path, capsys):
     payload = torch.load(out, weights_only=True)
     assert payload["format"] == "exprfast-model" and payload["meta"]["step"] == 10
     assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    assert not any(k.startswith("latent_discriminator.") for k in payload["state_dict"])
     x, attrs = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([[0.0], [1.0]])
     with torch.no_grad():
         torch.testing.assert_close(edit.load(out).model(x, attrs)[1], model.eval()(x, attrs)[1],
