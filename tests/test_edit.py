@@ -539,3 +539,15 @@ def test_run_grid(model_file, tmp_path, capsys):
                                            str(model_file)])
     assert edit.run_grid(args) == 1
     assert "no face found" in capsys.readouterr().err
+
+
+def test_bundled_model_edits_the_bundled_sample():
+    model = edit.load()  # exprfast/pretrained/smiling.pt, shipped in the package
+    assert model.attrs == ("Smiling",) and model.img_size == 64
+    photo = Image.open(edit.SAMPLE_PHOTOS[0]).convert("RGB")
+    smiling = edit.edit_photo(photo, {"Smiling": 1.5}, model=model)
+    before, after = np.asarray(photo, dtype=np.int16), np.asarray(smiling, dtype=np.int16)
+    assert after.shape == before.shape
+    changed = np.abs(after - before).max(axis=2) > 2
+    assert changed.mean() > 0.01  # the face changed
+    assert not changed[:, :40].any() and not changed[-40:].any()  # the borders did not
