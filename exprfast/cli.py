@@ -1,5 +1,6 @@
 """The ``exprfast`` command."""
 import argparse
+import importlib
 import json
 
 
@@ -25,37 +26,29 @@ def _add_params(commands):
     p.set_defaults(run=_params)
 
 
-def _add_training(commands):
-    from . import train
-
-    p = commands.add_parser("train", help="train a model (same flags as scripts/train_fast.py)")
-    train.add_arguments(p)
-    p.set_defaults(run=train.run_train)
-
-
-def _add_editing(commands):
-    from . import edit
-
-    p = commands.add_parser("edit", help="put on / remove a smile (any attribute) in your own photos")
-    edit.add_edit_arguments(p)
-    p.set_defaults(run=edit.run_edit)
-    p = commands.add_parser("grid", help="interpolation grid: a face with an attribute swept")
-    edit.add_grid_arguments(p)
-    p.set_defaults(run=edit.run_grid)
-    p = commands.add_parser("export", help="turn a training checkpoint into a model file")
-    edit.add_export_arguments(p)
-    p.set_defaults(run=edit.run_export)
+# Subcommands implemented in the library modules: (name, module, add_arguments, run, help).
+_MODULE_COMMANDS = [
+    ("train", "train", "add_arguments", "run_train",
+     "train a model (same flags as scripts/train_fast.py)"),
+    ("edit", "edit", "add_edit_arguments", "run_edit",
+     "put on / remove a smile (any attribute) in your own photos"),
+    ("grid", "edit", "add_grid_arguments", "run_grid",
+     "interpolation grid: a face with an attribute swept"),
+    ("export", "edit", "add_export_arguments", "run_export",
+     "turn a training checkpoint into a model file"),
+    ("evaluate", "evaluate", "add_evaluate_arguments", "run_evaluate",
+     "reconstruction PSNR/SSIM and attribute swap accuracy of a model"),
+    ("train-classifier", "evaluate", "add_train_classifier_arguments", "run_train_classifier",
+     "train the attribute classifier that evaluate uses"),
+]
 
 
-def _add_evaluation(commands):
-    from . import evaluate
-
-    p = commands.add_parser("evaluate", help="reconstruction PSNR/SSIM and attribute swap accuracy of a model")
-    evaluate.add_evaluate_arguments(p)
-    p.set_defaults(run=evaluate.run_evaluate)
-    p = commands.add_parser("train-classifier", help="train the attribute classifier that evaluate uses")
-    evaluate.add_train_classifier_arguments(p)
-    p.set_defaults(run=evaluate.run_train_classifier)
+def _add_module_commands(commands):
+    for name, module_name, add_arguments, run, help_text in _MODULE_COMMANDS:
+        module = importlib.import_module(f".{module_name}", __package__)
+        parser = commands.add_parser(name, help=help_text)
+        getattr(module, add_arguments)(parser)
+        parser.set_defaults(run=getattr(module, run))
 
 
 def build_parser():
@@ -63,9 +56,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="show which kernels this build has").set_defaults(run=_info)
     _add_params(commands)
-    _add_training(commands)
-    _add_editing(commands)
-    _add_evaluation(commands)
+    _add_module_commands(commands)
     return parser
 
 

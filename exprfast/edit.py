@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .files import atomic_torch_save
+
 FORMAT = "exprfast-model"
 VERSION = 1
 # exprfast.train's checkpoints ("model_config" + "model" state_dict), which load() reads too
@@ -72,8 +74,6 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, meta: dict | Non
     float16 when ``half`` (half the size; ``load`` restores float32), without the latent
     discriminator's weights unless ``discriminator`` (editing does not need them). The file is
     written beside ``path`` and renamed into place, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, value in model.state_dict().items():
         if not discriminator and key.startswith(_DISCRIMINATOR):
@@ -85,12 +85,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, meta: dict | Non
     config = dict(model.config)
     payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
                "meta": dict(meta or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save(payload, path)
 
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Editor":

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import DEFAULT_ATTRS, SPLITS, FaceDataset, celebahq_paths
+from .files import atomic_torch_save
 
 FORMAT = "exprfast-classifier"
 VERSION = 1
@@ -232,19 +233,9 @@ def train_classifier(
 def save_classifier(classifier: AttributeClassifier, path: str | os.PathLike, meta: dict) -> None:
     """Write ``classifier`` to ``path`` (loadable with ``torch.load(weights_only=True)``); the file
     is written beside ``path`` and renamed into place, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in classifier.state_dict().items()}
-    payload = {
-        "format": FORMAT, "version": VERSION, "config": classifier.config,
-        "state_dict": state, "meta": meta,
-    }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save({"format": FORMAT, "version": VERSION, "config": classifier.config,
+                       "state_dict": state, "meta": meta}, path)
 
 
 def load_classifier(

@@ -76,6 +76,7 @@ from tqdm import tqdm
 from .data import FaceDataset
 from .data import ATTR_FILE, celebahq_paths, default_data_root
 from .evaluate import classifier_loss
+from .files import atomic_torch_save
 from .models import DEFAULTS as MODEL_DEFAULTS
 from .models import PRESETS, build
 
@@ -590,18 +591,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file renamed into place: readers never see a partial
-    checkpoint, and an interrupted save leaves the previous ones intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -924,7 +913,7 @@ def _checkpoint(trainer: Trainer, world_size: int, write: bool) -> _Saved:
     states = _gather(rng_state(trainer.device), world_size)
     path = checkpoint_path(trainer.config.run_dir, trainer.step)
     if write:
-        save_checkpoint({**trainer.state_dict(), "rng": states}, path)
+        atomic_torch_save({**trainer.state_dict(), "rng": states}, path)
         for old in list_checkpoints(trainer.config.run_dir)[:-trainer.config.keep_checkpoints]:
             old.unlink()
     return _Saved(trainer.step, path)
