@@ -1,4 +1,6 @@
 """Loads the compiled extension, refusing plainly when it is missing or built for another torch."""
+from pathlib import Path
+
 import torch
 
 _HOW_TO_BUILD = (
@@ -9,13 +11,21 @@ _HOW_TO_BUILD = (
 )
 
 
+def _source_tree_hint():
+    package = Path(__file__).resolve().parent
+    if not (package.parent / "CMakeLists.txt").is_file():
+        return ""
+    return (f"\nNote: this is the source tree at {package}; if exprfast is installed, Python "
+            "found the source first (run from another folder, or `python -P`).")
+
+
 def load():
     try:
         from . import _C
     except ImportError as err:
         raise ImportError(
             f"exprfast's compiled extension (exprfast._C) is not built or cannot be loaded: {err}\n"
-            + _HOW_TO_BUILD
+            + _HOW_TO_BUILD + _source_tree_hint()
         ) from err
     info = _C.build_info()
     if info["torch_version"] != torch.__version__:
