@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=1024, help="images used (the same for every run)")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last activations, as exprfast train does by default")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default torch's, one per core); a busy machine "
                         "makes OpenMP threads wait on each other: run it on quiet cores")
