@@ -1,7 +1,7 @@
 // Index math of the fused op `conv3x3(cat[up2(x), label maps]) + bias`, shared by the CPU and
 // CUDA kernels so that the CPU tests exercise the very code the GPU runs. Every function here is
 // __host__ __device__; the per-element "bodies" are what a CUDA thread runs for one grid index and
-// what the CPU loops call over the same index range. The formulas are in ../shared/DESIGN.md.
+// what the CPU loops call over the same index range. The formulas are in docs/DESIGN.md.
 #pragma once
 
 #include <cstdint>

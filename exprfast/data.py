@@ -24,23 +24,13 @@ folder's real path, the file list, the size and the crop, and is shared by all s
 streamed into a temporary file and renamed into place, so an interrupted run never leaves a
 corrupt cache. Images edited in place keep their key: delete the cache folder to rebuild.
 Missing, truncated and non-image files are reported in a warning and skipped.
-
-Measured on a 2-core machine (Python 3.11, Pillow 13, torch 2.13): caching the 27,000 64x64
-CelebA-HQ JPEGs took 5.7 s with 2 workers while another job held one core (on idle cores a
-5,000-image subset takes 0.78 s with 1 worker and 0.44 s with 2, i.e. ~2.5 s for all 27,000);
-256 px sources cache at ~3,000 images/s. Reopening the cached dataset takes 0.6 s (mostly
-parsing the attribute file). ``batch()`` gathers 45,000 (1 thread) to 90,000 (2 threads)
-random 64-px samples/s and ``__getitem__`` ~28,000/s: far above what CPU training consumes.
+(Timings: ``benchmarks/data.md``.)
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import multiprocessing
 import os
-import secrets
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,9 +38,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
-from tqdm import tqdm
+
+from .checks import IMAGE_SUFFIXES, check_choice, check_positive_int
+from .data_cache import cached_images, load_image  # noqa: F401  (load_image: public here too)
 
 DEFAULT_ATTRS = ("Smiling",)
 SPLITS = ("train", "val", "test")
@@ -58,12 +49,7 @@ SPLITS = ("train", "val", "test")
 # that is exactly its central square, so both modes crop the central square of any image.
 CROPS = ("center", "celeba")
 PARTITION_FILE = "list_eval_partition.txt"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-DEFAULT_CACHE_DIR = Path("~/.cache/exprfast")
 
-_CACHE_VERSION = 1  # bump when preprocessing changes, so old caches are not reused
-_MIN_PARALLEL = 512  # starting worker processes costs more than decoding fewer images
-_CHUNK = 64  # images per worker task, to amortise opening the memmap and the round trip
 _MAX_LISTED = 10  # file names shown in one warning or error
 _ATTR_VALUES = {"1", "-1", "0"}
 
@@ -145,7 +131,7 @@ def split_mask(
 ) -> np.ndarray:
     """Boolean mask of the ``files`` in ``split``: from ``partition`` when given, else the
     seeded 80/10/10 permutation described in the module docstring."""
-    _check_choice(split, SPLITS, "split")
+    check_choice(split, SPLITS, "split")
     if partition is not None:
         unlisted = [f for f in files if f not in partition]
         if unlisted:
@@ -165,22 +151,6 @@ def split_mask(
     mask = np.zeros(n, dtype=bool)
     mask[np.random.default_rng(seed).permutation(n)[start:stop]] = True
     return mask
-
-
-def load_image(path: str | os.PathLike, size: int = 64) -> np.ndarray:
-    """Decode one image as the datasets do: EXIF-rotated RGB, central square crop, antialiased
-    Lanczos resize to uint8 ``(size, size, 3)``. Use it to prepare a user's own photo."""
-    _check_positive_int(size, "size")
-    with Image.open(path) as image:
-        # JPEG draft mode decodes big photos at 1/2..1/8 scale, many times faster; it keeps at
-        # least 2x the target size so the antialiased resize still sets the quality.
-        image.draft("RGB", (2 * size, 2 * size))
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        width, height = image.size
-        side = min(width, height)
-        left, top = (width - side) // 2, (height - side) // 2
-        box = (left, top, left + side, top + side)
-        return np.asarray(image.resize((size, size), Image.Resampling.LANCZOS, box=box))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -231,12 +201,12 @@ class FaceDataset(Dataset):
         workers: int | None = None,
     ) -> None:
         image_dir = _existing_dir(image_dir, "image_dir")
-        _check_positive_int(size, "size")
-        _check_choice(crop, CROPS, "crop")
-        _check_choice(split, SPLITS, "split")
+        check_positive_int(size, "size")
+        check_choice(crop, CROPS, "crop")
+        check_choice(split, SPLITS, "split")
         for value, name in ((limit, "limit"), (workers, "workers")):
             if value is not None:
-                _check_positive_int(value, name)
+                check_positive_int(value, name)
         if attr_file is None:
             table = scan_class_folders(image_dir)
             attrs = table.names if attrs is None else attrs
@@ -256,7 +226,7 @@ class FaceDataset(Dataset):
                 f"none of the {len(files)} listed images exist in image_dir {image_dir}"
             )
         cached_files = [f for f, ok in zip(files, present) if ok]
-        self.cache_path = _cache(image_dir, cached_files, size, crop, cache_dir, workers)
+        self.cache_path = cached_images(image_dir, cached_files, size, crop, cache_dir, workers)
         skipped = json.loads(self.cache_path.with_suffix(".json").read_text())["skipped"]
         if skipped:
             _warn_files(
@@ -302,7 +272,7 @@ class FaceDataset(Dataset):
         generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of ``batch()`` results, shuffled with ``generator`` if ``shuffle``."""
-        _check_positive_int(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         order = (
             torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         )
@@ -318,84 +288,6 @@ class FaceDataset(Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._images = np.load(self.cache_path, mmap_mode="r")
-
-
-def _cache(image_dir: Path, files: list[str], size: int, crop: str, cache_dir, workers) -> Path:
-    """Path of the ``.npy`` cache of ``files``, built first if missing. Its ``.json`` sidecar
-    maps the files that could not be decoded (black rows) to the reason."""
-    key = json.dumps([_CACHE_VERSION, os.path.realpath(image_dir), files, size, crop])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache_dir = Path(DEFAULT_CACHE_DIR if cache_dir is None else cache_dir).expanduser()
-    path = cache_dir / f"{image_dir.name}-{size}px-{crop}-{digest}.npy"
-    sidecar = path.with_suffix(".json")
-    if path.is_file() and sidecar.is_file():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    images_tmp, sidecar_tmp = _temp_path(path), _temp_path(sidecar)
-    try:
-        skipped = _write_images(images_tmp, image_dir, files, size, workers)
-        sidecar_tmp.write_text(json.dumps({"skipped": skipped}))
-        # Renames are atomic and the .npy goes last, so its presence marks a complete cache.
-        sidecar_tmp.replace(sidecar)
-        images_tmp.replace(path)
-    finally:
-        images_tmp.unlink(missing_ok=True)
-        sidecar_tmp.unlink(missing_ok=True)
-    return path
-
-
-def _write_images(
-    path: Path, image_dir: Path, files: list[str], size: int, workers: int | None
-) -> dict[str, str]:
-    """Decode ``files`` into a new ``(N, size, size, 3)`` uint8 ``.npy`` at ``path``; returns
-    ``{file: reason}`` of the failures, whose rows stay black. Workers write their rows straight
-    into the file, so decoded images are neither held in RAM nor sent between processes (sending
-    them back made 2 workers ~1.4x slower on 64-px JPEGs)."""
-    shape = (len(files), size, size, 3)
-    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)  # workers map it
-    chunks = [
-        (start, [str(image_dir / f) for f in files[start : start + _CHUNK]])
-        for start in range(0, len(files), _CHUNK)
-    ]
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    if len(files) < _MIN_PARALLEL:
-        workers = 1
-    decode = functools.partial(_decode_chunk, output=str(path), size=size)
-    skipped = {}
-    desc = f"exprfast: caching {image_dir.name} at {size}px"
-    with tqdm(total=len(files), unit="img", desc=desc) as progress:
-        for (_, paths), failures in zip(chunks, _imap(decode, chunks, workers)):
-            skipped.update((files[row], reason) for row, reason in failures)
-            progress.update(len(paths))
-    return skipped
-
-
-def _imap(function, items: list, workers: int) -> Iterator:
-    """``map`` in order, in ``workers`` processes unless that is 1."""
-    if workers == 1:
-        yield from map(function, items)
-        return
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap(function, items)
-
-
-def _decode_chunk(chunk: tuple[int, list[str]], output: str, size: int) -> list[tuple[int, str]]:
-    """Decode ``paths`` into the rows from ``start`` of the ``.npy`` at ``output``; returns the
-    ``(row, reason)`` of the images that could not be decoded."""
-    start, paths = chunk
-    images = np.load(output, mmap_mode="r+")
-    failures = []
-    for row, path in enumerate(paths, start):
-        try:
-            images[row] = load_image(path, size)
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... on bad files
-            failures.append((row, f"{type(error).__name__}: {error}"))
-    return failures
-
-
-def _temp_path(target: Path) -> Path:
-    # Unique per process and call, so concurrent builders of one cache never share a file.
-    return target.with_name(f"{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def _attr_columns(names: list[str], attrs: Sequence[str] | str) -> list[int]:
@@ -430,16 +322,6 @@ def _existing_dir(path: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_choice(value, choices: Sequence[str], name: str) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
 def _warn_files(message: str, files: list[str]) -> None:
     warnings.warn(f"{len(files)} images {message}: {_sample(files)}", stacklevel=3)
 
@@ -452,6 +334,13 @@ def _sample(items: list[str]) -> str:
 # CelebA-HQ as shipped beside the repository (../shared/data/celebahq).
 ATTR_FILE = "CelebAMask-HQ-attribute-anno.txt"
 _DATA_SUBDIR = Path("shared") / "data" / "celebahq"
+_LAYOUTS = (f"a CelebA-HQ folder ({ATTR_FILE} + images<N>/ folders) or a folder of class "
+            "folders (root/<class>/*.jpg)")
+
+
+class DataRootError(FileNotFoundError, ValueError):
+    """A data root that is missing or in no accepted layout (both a missing file and a bad
+    argument, so callers catching either see it)."""
 
 
 def default_data_root() -> Path | None:
@@ -467,25 +356,64 @@ def default_data_root() -> Path | None:
     return None
 
 
-def celebahq_paths(data_root: str | os.PathLike | None, img_size: int) -> tuple[Path, Path]:
+def data_paths(data_root: str | os.PathLike | None, img_size: int,
+               name: str = "data_root") -> tuple[Path, Path | None]:
+    """The one data-root rule of training, evaluation and the commands: ``(image_dir,
+    attr_file)``. A folder with ``ATTR_FILE`` is CelebA-HQ (its ``images<N>`` folder for
+    ``img_size``, see ``celebahq_paths``); a folder of class folders is read as such
+    (``attr_file`` None); anything else is refused with a ``DataRootError`` naming ``name``.
+    ``None`` is the default root beside the repository."""
+    root = default_data_root() if data_root is None else Path(data_root)
+    if root is None:
+        raise DataRootError(f"{name}: no default data folder (../{_DATA_SUBDIR} beside the "
+                            f"repository or the working directory); pass {name}")
+    if not root.is_dir():
+        raise DataRootError(f"{name} {root} is not an existing folder")
+    if (root / ATTR_FILE).is_file():
+        return celebahq_paths(root, img_size)
+    folders = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    sized = [d.name for d in folders if _image_size_of(d) is not None]
+    if sized:  # CelebA-HQ images without their attribute file: not classes named "images64"
+        raise DataRootError(f"{name} {root} has {', '.join(sized)} but no {ATTR_FILE}: it holds "
+                            f"neither accepted layout, which are {_LAYOUTS}")
+    if not any(_holds_images(d) for d in folders):
+        raise DataRootError(f"{name} {root} has no {ATTR_FILE} and no class folders with "
+                            f"images: it holds neither accepted layout, which are {_LAYOUTS}")
+    return root, None
+
+
+def open_split(data_root: str | os.PathLike | None, img_size: int, split: str, *,
+               attrs: Sequence[str] | None = None, flip: bool = False, limit: int | None = None,
+               cache_dir: str | os.PathLike | None = None,
+               name: str = "data_root") -> FaceDataset:
+    """The ``split`` of the faces at ``data_root`` (``data_paths``) as a ``FaceDataset``."""
+    image_dir, attr_file = data_paths(data_root, img_size, name)
+    return FaceDataset(image_dir, attr_file, attrs=attrs, split=split, size=img_size, flip=flip,
+                       limit=limit, cache_dir=cache_dir)
+
+
+def celebahq_paths(data_root: str | os.PathLike, img_size: int) -> tuple[Path, Path]:
     """``(image_dir, attr_file)`` of a CelebA-HQ root for ``img_size`` px images: the
     ``images<N>`` folder with the smallest ``N >= img_size`` (the least decoding work without
     upsampling), else the largest one."""
-    root = default_data_root() if data_root is None else Path(data_root)
-    if root is None:
-        raise FileNotFoundError(
-            f"no CelebA-HQ data root found (looked for ../{_DATA_SUBDIR} beside the repository "
-            "and the working directory); pass data_root / --data-root"
-        )
+    root = Path(data_root)
     attr_file = root / ATTR_FILE
     if not attr_file.is_file():
-        raise FileNotFoundError(f"data_root {root} has no {ATTR_FILE}")
-    sizes = sorted(
-        int(d.name[len("images") :])
-        for d in root.glob("images*")
-        if d.is_dir() and d.name[len("images") :].isdigit()
-    )
+        raise DataRootError(f"data_root {root} has no {ATTR_FILE}")
+    sizes = sorted(size for d in root.glob("images*") if (size := _image_size_of(d)) is not None)
     if not sizes:
-        raise FileNotFoundError(f"data_root {root} has no images<N> folder (e.g. images64)")
+        raise DataRootError(f"data_root {root} has no images<N> folder (e.g. images64)")
     size = next((s for s in sizes if s >= img_size), sizes[-1])
     return root / f"images{size}", attr_file
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+               for f in folder.iterdir())
+
+
+def _image_size_of(folder: Path) -> int | None:
+    """N of an ``images<N>`` folder, else None."""
+    digits = folder.name[len("images"):]
+    return int(digits) if folder.name.startswith("images") and digits.isdigit() \
+        and folder.is_dir() else None

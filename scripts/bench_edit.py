@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from exprfast import edit
+from exprfast import editing
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
 from exprfast.data import FaceDataset, celebahq_paths
 
@@ -19,7 +20,7 @@ from exprfast.data import FaceDataset, celebahq_paths
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    p.add_argument("--photos", nargs="+", default=[str(p) for p in edit.SAMPLE_PHOTOS])
+    p.add_argument("--photos", nargs="+", default=[str(p) for p in editing.SAMPLE_PHOTOS])
     p.add_argument("--set", default="Smiling=1", help="the change applied, NAME=VALUE")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeat", type=int, default=5)
@@ -34,7 +35,7 @@ def photo_seconds(editor, photo, changes, repeat):
         out = Path(tmp) / "out.jpg"
 
         def run():
-            edit.edit_photo(photo, changes, model=editor).save(out, quality=95)
+            editing.edit_photo(photo, changes, model=editor).save(out, quality=95)
 
         return time_call(run, repeat=repeat, warmup=1)
 
@@ -51,9 +52,9 @@ def main(argv=None):
     args = parse_args(argv)
     name, value = args.set.split("=")
     changes = {name: float(value)}
-    editor = edit.load(args.model)
+    editor = editing.load(args.model)
     started = time.perf_counter()
-    rows = [{"photo": Path(p).name, "size": "×".join(map(str, edit._open(p)[0].size)),
+    rows = [{"photo": Path(p).name, "size": "×".join(map(str, Image.open(p).size)),
              "seconds (median of %d)" % args.repeat: f"{photo_seconds(editor, p, changes, args.repeat):.3f}"}
             for p in args.photos]
     rate = aligned_faces_per_second(editor, args.batch_size, changes, args.data_root, args.repeat)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import exprfast
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
-from exprfast.reference import up_label_conv_folded, up_label_conv_reference
+from exprfast.op.reference import up_label_conv_folded, up_label_conv_reference
 
 METHODS = {
     "eager": up_label_conv_reference,

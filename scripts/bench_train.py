@@ -1,6 +1,6 @@
 """Training throughput of the fader, paper-eager and paper presets, side by side.
 
-For every image size, precision and preset, times exprfast.train's own training step (one
+For every image size, precision and preset, times exprfast.training's own training step (one
 latent-discriminator update + one autoencoder update, batch 32 by default) on the same CelebA-HQ
 images, and the data part of that step alone (gathering its two batches from the memmapped
 cache), to show whether the data pipeline limits training. Writes benchmarks/train.md and
@@ -25,7 +25,7 @@ import torch
 
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
 from exprfast.models import PRESETS, parameter_counts
-from exprfast.train import PRECISIONS, Trainer, TrainConfig, open_datasets
+from exprfast.training import PRECISIONS, Trainer, TrainConfig, open_datasets
 
 
 def parse_args(argv=None):
@@ -172,7 +172,7 @@ def main(argv=None):
         ("", f"{machine_description(args.device)}. Batch {args.batch_size}, {args.limit} CelebA-HQ "
              f"images, median of {args.steps} timed steps after {args.warmup} warm-up steps"
              f"{', channels_last' if args.channels_last else ''}. A step is one "
-             "latent-discriminator update and one autoencoder update (exprfast.train.Trainer."
+             "latent-discriminator update and one autoencoder update (exprfast.training.Trainer."
              "train_step); samples/s = batch / step time."),
         ("Training samples/s", markdown_table(
             ["img size", "precision", *args.presets, "paper / fader"],

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from exprfast import edit, faces
+from exprfast import editing
+from exprfast.editing import faces
 from exprfast.data import default_data_root
 
 
@@ -38,12 +39,12 @@ def face_cell(image, cell):
 def main(argv=None):
     args = parse_args(argv)
     london = Path(args.london) if args.london else default_data_root().parent / "london_faces"
-    model = edit.load(args.model)
+    model = editing.load(args.model)
     rows = []
     for person in args.people:
         neutral = Image.open(london / "neutral" / f"{person}.jpg").convert("RGB")
         smiling = Image.open(london / "smiling" / f"{person}.jpg").convert("RGB")
-        edited = [edit.edit_photo(neutral, {"Smiling": v}, model=model) for v in args.values]
+        edited = [editing.edit_photo(neutral, {"Smiling": v}, model=model) for v in args.values]
         rows.append([face_cell(im, args.cell) for im in (neutral, *edited, smiling)])
     sheet = Image.new("RGB", (len(rows[0]) * args.cell, len(rows) * args.cell), "white")
     for r, row in enumerate(rows):

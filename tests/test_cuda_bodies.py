@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import exprfast  # noqa: F401  (registers the ops)
+import exprfast.op  # noqa: F401  (registers the ops)
 
 
 def border_onehot(size):

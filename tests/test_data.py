@@ -2,14 +2,14 @@
 
 import pickle
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import exprfast.data as data
+import exprfast.data_cache as data_cache
+from conftest import REAL_DATA
 from exprfast.data import (
     FaceDataset,
     load_image,
@@ -20,7 +20,6 @@ from exprfast.data import (
     to_tensor,
 )
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NAMES = ["Male", "Smiling", "Young"]
 N_IMAGES = 20
 
@@ -209,9 +208,9 @@ def test_missing_unreadable_and_truncated_images_are_reported_and_skipped(tmp_pa
 def test_cache_is_built_once_atomically_and_reused(tmp_path, monkeypatch):
     image_dir, attr_file = make_celeba(tmp_path)
     decoded = []
-    real_load_image = data.load_image
+    real_load_image = data_cache.load_image
     monkeypatch.setattr(
-        data, "load_image", lambda *args: decoded.append(args) or real_load_image(*args)
+        data_cache, "load_image", lambda *args: decoded.append(args) or real_load_image(*args)
     )
     cache_dir = tmp_path / "cache"
 
@@ -247,7 +246,7 @@ def test_interrupted_preprocessing_leaves_no_cache(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return np.zeros((size, size, 3), np.uint8)
 
-    monkeypatch.setattr(data, "load_image", interrupted)
+    monkeypatch.setattr(data_cache, "load_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         FaceDataset(image_dir, attr_file, size=8, cache_dir=cache_dir)
     assert list(cache_dir.iterdir()) == []
@@ -259,7 +258,7 @@ def test_interrupted_preprocessing_leaves_no_cache(tmp_path, monkeypatch):
 def test_parallel_preprocessing_matches_serial(tmp_path, monkeypatch):
     image_dir, attr_file = make_celeba(tmp_path)
     (image_dir / "000002.jpg").write_text("broken")
-    monkeypatch.setattr(data, "_MIN_PARALLEL", 1)
+    monkeypatch.setattr(data_cache, "_MIN_PARALLEL", 1)
     with pytest.warns(UserWarning, match="000002.jpg"):
         serial = FaceDataset(image_dir, attr_file, size=8, workers=1, cache_dir=tmp_path / "serial")
     with pytest.warns(UserWarning, match="000002.jpg"):

@@ -1,18 +1,15 @@
-import argparse
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
-from exprfast import evaluate as ev
+from conftest import REAL_CELEBAHQ, make_celebahq
+from exprfast import checkpoints, evaluation, models
 from exprfast.data import ATTR_FILE, celebahq_paths
 
-REAL_CELEBAHQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celebahq"
 
 
 # ----------------------------------------------------------------------------- stubs
@@ -75,52 +72,37 @@ def balanced_labels(n=40):
     return torch.stack([smiling, male], 1).float()
 
 
-def make_celebahq(root: Path, n=40, size=16, names=("Smiling", "Male", "Eyeglasses")) -> Path:
-    """A CelebA-HQ-like folder: ``images<size>/<i>.png`` and the attribute file."""
-    image_dir = root / f"images{size}"
-    image_dir.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(image_dir / f"{i}.png")
-        values = [1 if (i >> k) & 1 else -1 for k in range(len(names))]
-        rows.append(f"{i}.png " + " ".join(map(str, values)))
-    (root / ATTR_FILE).write_text("\n".join([str(n), " ".join(names), *rows]) + "\n")
-    return root
-
-
 # ----------------------------------------------------------------------------- metrics
 
 
 def test_psnr_and_ssim_of_identical_images():
     x = torch.rand(4, 3, 32, 32) * 2 - 1
-    assert torch.isinf(ev.psnr(x, x)).all()
-    assert torch.allclose(ev.ssim(x, x), torch.ones(4), atol=1e-6)
+    assert torch.isinf(evaluation.psnr(x, x)).all()
+    assert torch.allclose(evaluation.ssim(x, x), torch.ones(4), atol=1e-6)
 
 
 def test_psnr_of_known_errors():
     x = torch.rand(2, 3, 64, 64) * 1.6 - 0.8
     # A constant offset of 0.02 on the [-1, 1] range: MSE 4e-4, PSNR 10 log10(4 / 4e-4) = 40 dB.
-    assert torch.allclose(ev.psnr(x + 0.02, x), torch.full((2,), 40.0), atol=1e-3)
+    assert torch.allclose(evaluation.psnr(x + 0.02, x), torch.full((2,), 40.0), atol=1e-3)
     # Gaussian noise of std 0.1: 10 log10(4 / 0.01) = 26.02 dB.
     noise = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.1
-    assert torch.allclose(ev.psnr(x + noise, x), torch.full((2,), 26.02), atol=0.1)
+    assert torch.allclose(evaluation.psnr(x + noise, x), torch.full((2,), 26.02), atol=0.1)
 
 
 def test_ssim_falls_with_noise_and_is_symmetric():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     noise = torch.randn(2, 3, 32, 32, generator=g)
-    values = [ev.ssim((x + s * noise).clamp(-1, 1), x).mean().item() for s in (0.01, 0.1, 0.5)]
+    values = [evaluation.ssim((x + s * noise).clamp(-1, 1), x).mean().item() for s in (0.01, 0.1, 0.5)]
     assert 1 > values[0] > values[1] > values[2] > 0
     y = (x + 0.1 * noise).clamp(-1, 1)
-    assert torch.allclose(ev.ssim(x, y), ev.ssim(y, x), atol=1e-6)
+    assert torch.allclose(evaluation.ssim(x, y), evaluation.ssim(y, x), atol=1e-6)
 
 
 def test_metrics_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="one shape"):
-        ev.psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 4))
+        evaluation.psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 4))
 
 
 # ----------------------------------------------------------------------------- swap accuracy
@@ -131,7 +113,7 @@ def test_swap_accuracy_is_perfect_when_the_decoder_shows_the_labels():
     model = PaintingModel(["Smiling", "Male"])
     # The classifier lists the attributes in another order, plus one the model lacks.
     classifier = RowReader(["Male", "Eyeglasses", "Smiling"], rows=[1, 5, 0])
-    results = ev.evaluate_dataset(model, classifier, TensorFaces(painted_faces(labels), labels),
+    results = evaluation.evaluate_dataset(model, classifier, TensorFaces(painted_faces(labels), labels),
                                   batch_size=16)
     assert results["n_images"] == 40 and results["attrs"] == ["Smiling", "Male"]
     for attr in ("Smiling", "Male"):
@@ -145,12 +127,12 @@ def test_swap_accuracy_of_a_decoder_that_ignores_labels_follows_the_data():
     model = PaintingModel(["Smiling", "Male"], use_labels=False)
     classifier = RowReader(["Smiling", "Male"], rows=[0, 1])
     labels = balanced_labels()
-    results = ev.evaluate_dataset(model, classifier, TensorFaces(painted_faces(labels), labels))
+    results = evaluation.evaluate_dataset(model, classifier, TensorFaces(painted_faces(labels), labels))
     assert results["swap_accuracy_mean"] == 0.5
     assert results["swap_accuracy"]["Smiling"] == {"0": 0.5, "1": 0.5, "mean": 0.5}
     # Unbalanced: 3 of 4 faces smile, so "set to 1" reads back 75 % and "set to 0" 25 %.
     labels[:, 0] = (torch.arange(40) % 4 != 0).float()
-    results = ev.evaluate_dataset(model, classifier, TensorFaces(painted_faces(labels), labels),
+    results = evaluation.evaluate_dataset(model, classifier, TensorFaces(painted_faces(labels), labels),
                                   attrs=["Smiling"], limit=20, batch_size=7)
     assert results["n_images"] == 20 and results["attrs"] == ["Smiling"]
     assert results["swap_accuracy"]["Smiling"] == {"0": 0.25, "1": 0.75, "mean": 0.5}
@@ -160,28 +142,27 @@ def test_evaluate_reads_a_celebahq_folder_and_writes_results(tmp_path):
     root = make_celebahq(tmp_path / "celebahq")
     model = PaintingModel(["Smiling", "Male"]).train()
     classifier = RowReader(["Smiling", "Male"], rows=[0, 1])
-    results = ev.evaluate(model, classifier, root, cache_dir=tmp_path / "cache")
+    results = evaluation.evaluate(model, classifier, root, cache_dir=tmp_path / "cache")
     assert model.training  # the caller's mode is restored
     assert results["split"] == "test" and results["n_images"] == 4  # 10 % of 40
     assert results["swap_accuracy_mean"] == 1.0
     assert 5 < results["psnr"] < 40 and 0 < results["ssim"] < 1  # two rows repainted
-    assert ev.evaluate(model, classifier, root, split="val", limit=3,
+    assert evaluation.evaluate(model, classifier, root, split="val", limit=3,
                        cache_dir=tmp_path / "cache")["n_images"] == 3
 
-    json_path, md_path = ev.write_results(results, tmp_path / "out", "painter")
+    json_path, md_path = evaluation.write_results(results, tmp_path / "out", "painter")
     assert json.loads(json_path.read_text()) == results
     table = md_path.read_text()
     assert "| Smiling | 100.0 % | 100.0 % | 100.0 % |" in table and "PSNR" in table
 
 
 def test_evaluate_runs_a_fader_model_with_a_trained_classifier_architecture():
-    models = pytest.importorskip("exprfast.models")
     torch.manual_seed(0)
     model = models.build("paper", 32, ["Smiling", "Male"], init_fm=8, max_fm=32)
-    classifier = ev.AttributeClassifier(32, ["Male", "Smiling"], init_fm=8, hid_dim=16)
+    classifier = models.AttributeClassifier(32, ["Male", "Smiling"], init_fm=8, hid_dim=16)
     labels = balanced_labels(10)
     faces = TensorFaces(torch.rand(10, 3, 32, 32) * 2 - 1, labels)
-    results = ev.evaluate_dataset(model, classifier, faces, batch_size=4)
+    results = evaluation.evaluate_dataset(model, classifier, faces, batch_size=4)
     assert results["n_images"] == 10 and results["attrs"] == ["Smiling", "Male"]
     assert math.isfinite(results["psnr"]) and -1 <= results["ssim"] <= 1
     for swap in results["swap_accuracy"].values():
@@ -194,44 +175,44 @@ def test_evaluate_rejects_incompatible_models_and_classifiers():
     faces = TensorFaces(painted_faces(labels), labels)
     model = PaintingModel(["Smiling", "Male"])
     with pytest.raises(ValueError, match=r"does not predict \['Male'\]"):
-        ev.evaluate_dataset(model, RowReader(["Smiling"], [0]), faces)
+        evaluation.evaluate_dataset(model, RowReader(["Smiling"], [0]), faces)
     with pytest.raises(ValueError, match="32 px images"):
-        ev.evaluate_dataset(model, RowReader(["Smiling", "Male"], [0, 1], img_size=32), faces)
+        evaluation.evaluate_dataset(model, RowReader(["Smiling", "Male"], [0, 1], img_size=32), faces)
     with pytest.raises(ValueError, match=r"unknown attrs \['Bald'\]"):
-        ev.evaluate_dataset(model, RowReader(["Smiling", "Male"], [0, 1]), faces, attrs=["Bald"])
+        evaluation.evaluate_dataset(model, RowReader(["Smiling", "Male"], [0, 1]), faces, attrs=["Bald"])
     with pytest.raises(ValueError, match="img_size 32 differs"):
-        ev.evaluate(model, RowReader(["Smiling", "Male"], [0, 1]), img_size=32)
+        evaluation.evaluate(model, RowReader(["Smiling", "Male"], [0, 1]), img_size=32)
 
 
 # ----------------------------------------------------------------------------- classifier
 
 
 def test_classifier_shapes_follow_fader():
-    classifier = ev.AttributeClassifier(64, ["Smiling", "Male"])
+    classifier = models.AttributeClassifier(64, ["Smiling", "Male"])
     convs = [m for m in classifier.conv_layers if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128, 256, 512, 512]  # 64 px -> 1x1
     assert sum(isinstance(m, nn.BatchNorm2d) for m in classifier.conv_layers) == 5
     assert classifier(torch.zeros(3, 3, 64, 64)).shape == (3, 2, 2)
     with pytest.raises(ValueError, match="power of two"):
-        ev.AttributeClassifier(48, ["Smiling"])
+        models.AttributeClassifier(48, ["Smiling"])
     with pytest.raises(ValueError, match="expected images"):
         classifier(torch.zeros(1, 3, 32, 32))
 
 
 def test_classifier_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    classifier = ev.AttributeClassifier(16, ["Smiling", "Male"], init_fm=8, hid_dim=16)
+    classifier = models.AttributeClassifier(16, ["Smiling", "Male"], init_fm=8, hid_dim=16)
     classifier.train()(torch.randn(8, 3, 16, 16))  # move the BatchNorm running statistics
     classifier.eval()
     path = tmp_path / "sub" / "clf.pt"
-    ev.save_classifier(classifier, path, {"test_accuracy": {"Smiling": 0.9, "Male": 0.8}})
+    checkpoints.save_classifier(classifier, path, {"test_accuracy": {"Smiling": 0.9, "Male": 0.8}})
     assert [p.name for p in path.parent.iterdir()] == ["clf.pt"]  # no temporary file left
 
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == "exprfast-classifier" and payload["version"] == 1
     assert payload["config"] == {"img_size": 16, "attrs": ["Smiling", "Male"], "init_fm": 8,
                                  "max_fm": 512, "hid_dim": 16}
-    loaded = ev.load_classifier(path)
+    loaded = checkpoints.load_classifier(path)
     assert not loaded.training and loaded.attrs == ["Smiling", "Male"]
     assert loaded.meta["test_accuracy"]["Male"] == 0.8
     x = torch.randn(4, 3, 16, 16)
@@ -240,32 +221,32 @@ def test_classifier_save_load_round_trip(tmp_path):
 
 def test_load_classifier_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        ev.load_classifier(tmp_path / "missing.pt")
+        checkpoints.load_classifier(tmp_path / "missing.pt")
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not an exprfast classifier"):
-        ev.load_classifier(text)
+        checkpoints.load_classifier(text)
     other = tmp_path / "other.pt"
     torch.save({"format": "exprfast-model", "state_dict": {}}, other)
     with pytest.raises(ValueError, match="not an exprfast classifier"):
-        ev.load_classifier(other)
+        checkpoints.load_classifier(other)
     future = tmp_path / "future.pt"
-    torch.save({"format": ev.FORMAT, "version": 99}, future)
+    torch.save({"format": checkpoints.CLASSIFIER_FORMAT, "version": 99}, future)
     with pytest.raises(ValueError, match="version 99"):
-        ev.load_classifier(future)
+        checkpoints.load_classifier(future)
 
 
 def test_train_classifier_argument_errors(tmp_path):
     root = make_celebahq(tmp_path / "celebahq")
     with pytest.raises(ValueError, match=r"unknown attrs \['Smiles'\]"):
-        ev.train_classifier(root, 16, ["Smiles"], steps=1, cache_dir=tmp_path / "cache")
+        evaluation.train_classifier(root, 16, ["Smiles"], steps=1, cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match="exceeds the 32 training images"):
-        ev.train_classifier(root, 16, ["Smiling"], steps=1, batch_size=64,
+        evaluation.train_classifier(root, 16, ["Smiling"], steps=1, batch_size=64,
                             cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        ev.train_classifier(root, 16, ["Smiling"], steps=0)
+        evaluation.train_classifier(root, 16, ["Smiling"], steps=0)
     with pytest.raises(FileNotFoundError, match="has no CelebAMask-HQ"):
-        ev.train_classifier(tmp_path, 16, ["Smiling"], steps=1)
+        evaluation.train_classifier(tmp_path, 16, ["Smiling"], steps=1)
 
 
 def test_celebahq_paths_pick_the_smallest_folder_that_is_large_enough(tmp_path):
@@ -282,50 +263,13 @@ def test_celebahq_paths_pick_the_smallest_folder_that_is_large_enough(tmp_path):
 )
 def test_classifier_learns_on_real_faces(tmp_path):
     out = tmp_path / "clf.pt"
-    run = ev.train_classifier(REAL_CELEBAHQ, 32, ["Smiling", "Male"], steps=60, batch_size=32,
+    run = evaluation.train_classifier(REAL_CELEBAHQ, 32, ["Smiling", "Male"], steps=60, batch_size=32,
                               out_path=out, limit=300, cache_dir=tmp_path, progress=False)
     assert len(run.losses) == 60
     assert np.mean(run.losses[-10:]) < 0.5 * np.mean(run.losses[:10])  # measured ~0.25
     assert run.meta["n_train"] == 240 and run.meta["n_test"] == 30
     assert set(run.meta["test_accuracy"]) == {"Smiling", "Male"}
-    loaded = ev.load_classifier(out)
+    loaded = checkpoints.load_classifier(out)
     assert loaded.meta == run.meta
     x = torch.rand(5, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded(x), run.classifier(x))
-
-
-# ----------------------------------------------------------------------------- commands
-
-
-def parse(add_arguments, argv):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_train_classifier_command(tmp_path, capsys):
-    root = make_celebahq(tmp_path / "celebahq")
-    out = tmp_path / "clf.pt"
-    args = parse(ev.add_train_classifier_arguments, [
-        "--attrs", "Smiling", "Male", "--img-size", "16", "--steps", "3", "--batch-size", "8",
-        "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"), "-o", str(out),
-    ])
-    assert ev.run_train_classifier(args) == 0
-    assert ev.load_classifier(out).attrs == ["Smiling", "Male"]
-    assert "test accuracy (4 images): Smiling" in capsys.readouterr().out
-
-    args.attrs = ["Smiles"]
-    assert ev.run_train_classifier(args) == 2
-    assert "exprfast train-classifier: error: unknown attrs ['Smiles']" in capsys.readouterr().err
-
-
-def test_evaluate_command_reports_missing_files(tmp_path, capsys):
-    args = parse(ev.add_evaluate_arguments, [
-        "--model", str(tmp_path / "nope.pt"), "--classifier", str(tmp_path / "clf.pt"),
-        "-o", str(tmp_path / "out"),
-    ])
-    assert ev.run_evaluate(args) == 2
-    assert f"model file {tmp_path / 'nope.pt'} does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parse(ev.add_evaluate_arguments, ["--model", "m.pt", "--classifier", "c.pt", "-o", "o",
-                                          "--limit", "0"])

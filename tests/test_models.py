@@ -7,7 +7,7 @@ import torch
 
 from exprfast import models
 from exprfast.models import PRESETS, build, parameter_counts, parameter_table
-from exprfast.nn import UpLabelConv2d
+from exprfast.op.nn import UpLabelConv2d
 
 LATENT_CHANNELS = {32: 128, 64: 256, 128: 512}
 

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 import exprfast
-from exprfast.nn import UpConv2d, UpLabelConv2d, convert
-from exprfast.reference import up_label_conv_reference
+from exprfast.op.nn import UpConv2d, UpLabelConv2d, convert
+from exprfast.op.reference import up_label_conv_reference
 
 
 def test_parameters_named_and_shaped_like_conv2d():

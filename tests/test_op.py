@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import exprfast
-from exprfast.reference import up_label_conv_folded, up_label_conv_reference
+from exprfast.op.reference import up_label_conv_folded, up_label_conv_reference
 
 
 def make_inputs(N, C, H, W, K, O, device, dtype=torch.float32, bias=True, seed=0, requires_grad=False):

@@ -1,4 +1,4 @@
-"""exprfast.train: a short run on real faces, exact resume, checkpoint contents, 2-process DDP
+"""exprfast.training: a short run on real faces, exact resume, checkpoint contents, 2-process DDP
 (gloo), SIGINT, the data order, and clear errors for bad data and flags. Tiny models at 32 px."""
 import argparse
 import json
@@ -14,11 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from exprfast import train as tr
+from conftest import REAL_CELEBAHQ, REPO
+from exprfast import checkpoints, training
+from exprfast.cli import main as cli_main
+from exprfast.training import trainer
+from exprfast.training.stream import BatchStream
 from exprfast.models import build
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_CELEBAHQ = REPO.parent / "shared" / "data" / "celebahq"
 SCRIPT = REPO / "scripts" / "train_fast.py"
 TINY = {"init_fm": 8, "max_fm": 32, "dis_hidden": 64}
 TINY_FLAGS = ["--init-fm", "8", "--max-fm", "32", "--dis-hidden", "64"]
@@ -34,33 +36,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    """Class folders ``happy``/``neutral`` of 24 synthetic 32 px images each (a bright or dark
-    square on noise): 40 train, 4 val, 4 test images, two attributes."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    for name, level in (("happy", 220), ("neutral", 40)):
-        (root / name).mkdir()
-        for i in range(24):
-            pixels = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-            pixels[8:24, 8:24] = level
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def tiny_config(data_root, run_dir, cache_dir, **changes):
     settings = dict(
         data_root=data_root, run_dir=run_dir, cache_dir=cache_dir, img_size=32, batch_size=8,
         steps=4, model_overrides=TINY, log_every=1, val_every=2, sample_every=2,
         checkpoint_every=100, val_images=8, sample_images=4, progress=False,
     )
-    return tr.TrainConfig(**{**settings, **changes})
+    return training.TrainConfig(**{**settings, **changes})
 
 
 def records(run_dir, key):
@@ -85,7 +67,7 @@ def test_real_faces_reconstruction_loss_falls(tmp_path):
         REAL_CELEBAHQ, tmp_path / "run", None, limit=300, batch_size=16, steps=40, log_every=10,
         val_every=40, sample_every=40, val_images=30,
     )
-    result = tr.train(config)
+    result = training.train(config)
     losses = [r["recon_loss"] for r in records(config.run_dir, "recon_loss")]
     assert len(losses) == 4 and losses[-1] < 0.75 * losses[0], losses
     assert result["step"] == 40 and not result["interrupted"]
@@ -97,17 +79,17 @@ def test_real_faces_reconstruction_loss_falls(tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
 
 
-def test_resume_reproduces_the_uninterrupted_run(faces, cache_dir, tmp_path):
+def test_resume_reproduces_the_uninterrupted_run(class_faces, cache_dir, tmp_path):
     # 6 steps cross an epoch boundary (5 batches of 8 per epoch, 2 batches per step);
     # mid-run checkpoints, validation and samples must not disturb anything.
-    straight = tr.train(tiny_config(faces, tmp_path / "a", cache_dir, steps=6,
+    straight = training.train(tiny_config(class_faces, tmp_path / "a", cache_dir, steps=6,
                                     checkpoint_every=2))
-    tr.train(tiny_config(faces, tmp_path / "b", cache_dir, steps=3))
-    resumed = tr.train(tiny_config(faces, tmp_path / "b", cache_dir, steps=6, resume="auto"))
+    training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=3))
+    resumed = training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=6, resume="auto"))
     assert straight["step"] == resumed["step"] == 6
 
-    a = tr.load_checkpoint(straight["checkpoint"])
-    b = tr.load_checkpoint(resumed["checkpoint"])
+    a = checkpoints.load_checkpoint(straight["checkpoint"])
+    b = checkpoints.load_checkpoint(resumed["checkpoint"])
     assert a["model"].keys() == b["model"].keys()
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -120,20 +102,20 @@ def test_resume_reproduces_the_uninterrupted_run(faces, cache_dir, tmp_path):
               for run in (tmp_path / "a", tmp_path / "b")]
     assert logged[0] == logged[1] and len(logged[0]) == 6  # the resumed log replaces 4..6
     # keep_checkpoints=2: the step-2 checkpoint of run a was removed.
-    assert [p.name for p in tr.list_checkpoints(tmp_path / "a")] == [
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path / "a")] == [
         "checkpoint-0000004.pt", "checkpoint-0000006.pt"]
 
 
-def test_checkpoint_holds_plain_data_and_rebuilds_the_model(faces, cache_dir, tmp_path):
-    result = tr.train(tiny_config(faces, tmp_path / "run", cache_dir, steps=2))
+def test_checkpoint_holds_plain_data_and_rebuilds_the_model(class_faces, cache_dir, tmp_path):
+    result = training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, steps=2))
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
-    assert checkpoint["format"] == tr.FORMAT and checkpoint["step"] == 2
+    assert checkpoint["format"] == checkpoints.TRAIN_FORMAT and checkpoint["step"] == 2
     assert checkpoint["model_config"]["attrs"] == ("happy", "neutral")
     assert checkpoint["data"] == {"seed": 0, "batch_size": 8, "dataset_size": 40,
                                   "next_batch": 4}
     assert len(checkpoint["rng"]) == 1 and set(checkpoint["rng"][0]) == {
         "torch", "cuda", "numpy", "python"}
-    model = tr.model_from_checkpoint(result["checkpoint"])
+    model = checkpoints.model_from_checkpoint(result["checkpoint"])
     assert not model.training and model.preset == "paper"
     rebuilt = build(**checkpoint["model_config"])
     rebuilt.load_state_dict(checkpoint["model"])
@@ -147,34 +129,34 @@ def test_checkpoint_holds_plain_data_and_rebuilds_the_model(faces, cache_dir, tm
     ("paper-eager", "fp32", True),
     ("paper", "bf16", False),
 ])
-def test_presets_precisions_and_memory_formats_train(faces, cache_dir, tmp_path, preset,
+def test_presets_precisions_and_memory_formats_train(class_faces, cache_dir, tmp_path, preset,
                                                      precision, channels_last):
-    result = tr.train(tiny_config(faces, tmp_path / "run", cache_dir, steps=2, preset=preset,
+    result = training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, steps=2, preset=preset,
                                   precision=precision, channels_last=channels_last))
     assert result["step"] == 2 and np.isfinite(result["recon_loss"])
     assert np.isfinite(result["val_recon_mse"])
 
 
-def test_two_process_ddp_over_gloo(faces, cache_dir, tmp_path):
+def test_two_process_ddp_over_gloo(class_faces, cache_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(SCRIPT), *tiny_flags(faces, run_dir, cache_dir), "--steps", "3",
+        str(SCRIPT), *tiny_flags(class_faces, run_dir, cache_dir), "--steps", "3",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180,
                           env=ONE_THREAD_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["step"] == 3 and result["ranks_agree"] is True
-    checkpoint = tr.load_checkpoint(result["checkpoint"])
+    checkpoint = checkpoints.load_checkpoint(result["checkpoint"])
     assert checkpoint["step"] == 3 and len(checkpoint["rng"]) == 2
     # Each rank drew different dropout masks: their torch RNG streams differ.
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
 
 
-def test_sigint_saves_a_checkpoint_that_resumes(faces, cache_dir, tmp_path):
+def test_sigint_saves_a_checkpoint_that_resumes(class_faces, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, str(SCRIPT), *tiny_flags(faces, run_dir, cache_dir),
+    command = [sys.executable, str(SCRIPT), *tiny_flags(class_faces, run_dir, cache_dir),
                "--steps", "100000", "--checkpoint-every", "100000"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=ONE_THREAD_ENV)
@@ -189,9 +171,9 @@ def test_sigint_saves_a_checkpoint_that_resumes(faces, cache_dir, tmp_path):
     result = json.loads(stdout[stdout.index("{"):])
     assert result["interrupted"] is True and 3 <= result["step"] < 100000
     step = result["step"]
-    assert [p.name for p in tr.list_checkpoints(run_dir)] == [f"checkpoint-{step:07d}.pt"]
+    assert [p.name for p in checkpoints.list_checkpoints(run_dir)] == [f"checkpoint-{step:07d}.pt"]
 
-    resumed = tr.train(tiny_config(faces, run_dir, cache_dir, steps=step + 2, resume="auto",
+    resumed = training.train(tiny_config(class_faces, run_dir, cache_dir, steps=step + 2, resume="auto",
                                    val_images=4, sample_images=2))
     assert resumed["step"] == step + 2 and not resumed["interrupted"]
 
@@ -211,60 +193,60 @@ def _wait_for(condition, process, timeout=60.0):
 # ----------------------------------------------------------------------------- data order, lambda
 
 
-def test_batch_stream_is_a_pure_function_of_seed_and_batch(faces, cache_dir):
-    dataset = tr.open_datasets(tiny_config(faces, "unused", cache_dir))[0]
-    stream = tr.BatchStream(dataset, batch_size=8, seed=3)
+def test_batch_stream_is_a_pure_function_of_seed_and_batch(class_faces, cache_dir):
+    dataset = training.open_datasets(tiny_config(class_faces, "unused", cache_dir))[0]
+    stream = BatchStream(dataset, batch_size=8, seed=3)
     epoch = [stream.batch(b) for b in range(5)]
     labels = torch.cat([attrs for _, attrs in epoch])
     assert labels.sum(0).tolist() == dataset.labels.sum(0).tolist()  # one epoch: every image
-    again = tr.BatchStream(dataset, batch_size=8, seed=3).batch(4)
+    again = BatchStream(dataset, batch_size=8, seed=3).batch(4)
     assert torch.equal(again[0], epoch[4][0])
     assert not torch.equal(stream.batch(5)[0], epoch[0][0])  # a new epoch, a new order
-    assert not torch.equal(tr.BatchStream(dataset, 8, seed=4).batch(0)[0], epoch[0][0])
+    assert not torch.equal(BatchStream(dataset, 8, seed=4).batch(0)[0], epoch[0][0])
     # Two ranks split each batch: together they hold its samples (up to the flips).
-    shards = [tr.BatchStream(dataset, 8, seed=3, rank=r, world_size=2).batch(1) for r in (0, 1)]
+    shards = [BatchStream(dataset, 8, seed=3, rank=r, world_size=2).batch(1) for r in (0, 1)]
     assert all(len(images) == 4 for images, _ in shards)
     assert sorted(torch.cat([a for _, a in shards]).tolist()) == sorted(epoch[1][1].tolist())
 
 
 def test_lambda_ramps_linearly_then_stays():
-    assert tr.lambda_at(0, 1e-2, 1000) == 0
-    assert tr.lambda_at(500, 1e-2, 1000) == pytest.approx(5e-3)
-    assert tr.lambda_at(5000, 1e-2, 1000) == 1e-2
-    assert tr.lambda_at(0, 1e-2, 0) == 1e-2
+    assert trainer.lambda_at(0, 1e-2, 1000) == 0
+    assert trainer.lambda_at(500, 1e-2, 1000) == pytest.approx(5e-3)
+    assert trainer.lambda_at(5000, 1e-2, 1000) == 1e-2
+    assert trainer.lambda_at(0, 1e-2, 0) == 1e-2
 
 
 def test_adversarial_loss_targets_the_flipped_attributes():
     logits = torch.tensor([[-5.0, 5.0, 5.0, -5.0]])  # attribute 0 -> class 1, attribute 1 -> 0
     attrs = torch.tensor([[0.9, 0.2]])
-    targets = tr.attribute_targets(attrs)
+    targets = trainer.attribute_targets(attrs)
     assert targets.tolist() == [[1, 0]]
-    assert tr.discriminator_loss(logits, targets) < 1e-3  # the discriminator is right
-    assert tr.discriminator_loss(logits, 1 - targets) > 9  # summed over the 2 attributes
-    assert tr.discriminator_accuracy(logits, targets) == 1
+    assert trainer.discriminator_loss(logits, targets) < 1e-3  # the discriminator is right
+    assert trainer.discriminator_loss(logits, 1 - targets) > 9  # summed over the 2 attributes
+    assert trainer.discriminator_accuracy(logits, targets) == 1
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-def test_bad_data_root_names_the_flag(tmp_path, faces, cache_dir):
+def test_bad_data_root_names_the_flag(tmp_path, class_faces, cache_dir):
     with pytest.raises(ValueError, match="--data-root .*missing is not an existing folder"):
-        tr.train(tiny_config(tmp_path / "missing", tmp_path / "run", cache_dir))
+        training.train(tiny_config(tmp_path / "missing", tmp_path / "run", cache_dir))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="--data-root .*neither"):
-        tr.train(tiny_config(tmp_path / "empty", tmp_path / "run", cache_dir))
+        training.train(tiny_config(tmp_path / "empty", tmp_path / "run", cache_dir))
     with pytest.raises(ValueError, match="--batch-size 64 exceeds the 40 training images"):
-        tr.train(tiny_config(faces, tmp_path / "run", cache_dir, batch_size=64))
+        training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, batch_size=64))
     with pytest.raises(ValueError, match="--resume"):
-        tr.train(tiny_config(faces, tmp_path / "run", cache_dir, resume=tmp_path / "no.pt"))
+        training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, resume=tmp_path / "no.pt"))
     with pytest.raises(ValueError, match="--precision fp16 needs a CUDA device"):
-        tr.train(tiny_config(faces, tmp_path / "run", cache_dir, precision="fp16",
+        training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, precision="fp16",
                              device="cpu"))
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="train")
-    tr.add_arguments(parser)
+    training.add_arguments(parser)
     return parser
 
 
@@ -278,8 +260,8 @@ def _parser():
 ])
 def test_bad_flag_values_name_the_flag(flags, message, capsys):
     with pytest.raises(ValueError, match=message):
-        tr.config_from_args(_parser().parse_args(flags))
-    assert tr.run_train(_parser().parse_args(flags)) == 2
+        training.config_from_args(_parser().parse_args(flags))
+    assert cli_main(["train", *flags]) == 2
     assert "exprfast train: error: " in capsys.readouterr().err
 
 
@@ -295,10 +277,10 @@ def test_unparsable_flags_exit_naming_the_flag(flags, flag, capsys):
 
 
 def test_every_config_field_is_a_flag_with_its_default():
-    config = tr.config_from_args(_parser().parse_args([]))
-    assert config == tr.TrainConfig()
+    config = training.config_from_args(_parser().parse_args([]))
+    assert config == training.TrainConfig()
     args = _parser().parse_args(["--init-fm", "8", "--attrs", "Smiling", "Male",
                                  "--no-flip", "--betas", "0.9", "0.99"])
-    config = tr.config_from_args(args)
+    config = training.config_from_args(args)
     assert config.model_overrides == {"init_fm": 8} and config.attrs == ("Smiling", "Male")
     assert config.flip is False and config.betas == (0.9, 0.99)

@@ -1,68 +1,41 @@
 """Evaluation of attribute-transfer models, as Fader Networks reports it.
 
-* ``AttributeClassifier`` is Fader's evaluation classifier: the encoder's 4x4 stride-2 convs
-  (BatchNorm after all but the first, LeakyReLU 0.2) down to 1x1, then two linear layers giving
-  2 logits per attribute. ``train_classifier`` trains it on the train split (horizontal flips,
-  Adam with betas (0.5, 0.999), gradient norm clipped at 5, as Fader's ``classifier.py``) and
-  measures its accuracy on the test split; ``save_classifier``/``load_classifier`` store it.
+* The judge is Fader's evaluation classifier (``models.AttributeClassifier``), independent of
+  every network used in training: its own architecture and seed, trained on the train split
+  only, never used as a loss. ``train_classifier`` trains it (horizontal flips, Adam with betas
+  (0.5, 0.999), gradient norm clipped at 5, as Fader's ``classifier.py``) and measures its
+  accuracy on the test split; ``checkpoints.save_classifier``/``load_classifier`` store it.
 * ``evaluate`` measures a model on a split: reconstruction PSNR and SSIM, and the swap accuracy
   of each attribute -- every image decoded with the attribute set to 0, then to 1 (the others
   kept at their true values), and the fraction the classifier reads back as the value set.
   ``write_results`` writes the numbers as JSON and as a markdown table.
-* ``add_*_arguments``/``run_*`` are the ``exprfast evaluate`` and ``exprfast train-classifier``
-  commands.
 
-Data comes from a CelebA-HQ folder (``default_data_root()``): the attribute file
-``CelebAMask-HQ-attribute-anno.txt`` and ``images<N>`` folders, read with ``FaceDataset``.
+Data comes from ``data.open_split``: the same data-root rule as training (CelebA-HQ or class
+folders).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import math
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from pytorch_msssim import ssim as _msssim_ssim
 from torch import nn
 from tqdm import tqdm
 
-from .data import DEFAULT_ATTRS, SPLITS, FaceDataset, celebahq_paths
-from .files import atomic_torch_save
+from .checkpoints import save_classifier
+from .checks import check_attr_names, check_positive_int
+from .data import DEFAULT_ATTRS, FaceDataset, open_split
+from .models import AttributeClassifier, classifier_loss
 
-FORMAT = "exprfast-classifier"
-VERSION = 1
 _MAX_GRAD_NORM = 5.0  # Fader's classifier.py default
 _ADAM_BETAS = (0.5, 0.999)  # Fader's get_optimizer("adam")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def open_faces(
-    data_root: str | os.PathLike | None,
-    img_size: int,
-    attrs: Sequence[str],
-    split: str,
-    *,
-    flip: bool = False,
-    limit: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> FaceDataset:
-    """The ``split`` of the CelebA-HQ faces at ``data_root`` (see ``FaceDataset``)."""
-    image_dir, attr_file = celebahq_paths(data_root, img_size)
-    return FaceDataset(
-        image_dir, attr_file, attrs=list(attrs), split=split, size=img_size, flip=flip,
-        limit=limit, cache_dir=cache_dir,
-    )
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -88,59 +61,6 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- classifier
-
-
-class AttributeClassifier(nn.Module):
-    """Fader Networks' evaluation classifier for binary attributes.
-
-    ``forward(x)`` maps images ``(N, 3, img_size, img_size)`` in [-1, 1] to logits
-    ``(N, len(attrs), 2)``; ``predict(x)`` to the predicted values ``(N, len(attrs))`` (0 or 1).
-    """
-
-    def __init__(
-        self,
-        img_size: int,
-        attrs: Sequence[str],
-        init_fm: int = 32,
-        max_fm: int = 512,
-        hid_dim: int = 512,
-    ) -> None:
-        super().__init__()
-        _check_img_size(img_size)
-        self.img_size, self.attrs = img_size, _check_attr_names(attrs)
-        self.config = {
-            "img_size": img_size, "attrs": list(self.attrs), "init_fm": init_fm,
-            "max_fm": max_fm, "hid_dim": hid_dim,
-        }
-        layers, n_in, n_out = [], 3, init_fm
-        for i in range(int(math.log2(img_size))):  # halve the side down to 1x1
-            layers.append(nn.Conv2d(n_in, n_out, 4, 2, 1))
-            if i > 0:  # Fader leaves the first layer unnormalised
-                layers.append(nn.BatchNorm2d(n_out))
-            layers.append(nn.LeakyReLU(0.2))
-            n_in, n_out = n_out, min(2 * n_out, max_fm)
-        self.conv_layers = nn.Sequential(*layers)
-        self.proj_layers = nn.Sequential(
-            nn.Linear(n_in, hid_dim), nn.LeakyReLU(0.2), nn.Linear(hid_dim, 2 * len(self.attrs))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expected = (3, self.img_size, self.img_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            shape = ", ".join(map(str, expected))
-            raise ValueError(f"expected images (N, {shape}), got {tuple(x.shape)}")
-        logits = self.proj_layers(self.conv_layers(x).flatten(1))
-        return logits.view(len(x), len(self.attrs), 2)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).argmax(-1)
-
-
-def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``(N, A, 2)`` logits against ``(N, A)`` 0/1 labels, summed over the
-    attributes as in Fader's ``get_attr_loss``."""
-    per_attr = F.cross_entropy(logits.transpose(1, 2), labels.long(), reduction="none")
-    return per_attr.mean(0).sum()
 
 
 def classifier_accuracy(
@@ -187,14 +107,14 @@ def train_classifier(
     ``limit`` keeps only the first ``limit`` listed images before splitting (as
     ``FaceDataset``), for quick runs; ``meta["train_seconds"]`` times the training steps only.
     """
-    _check_positive_int(steps, "steps")
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
-    attrs = _check_attr_names(attrs)
-    train = open_faces(data_root, img_size, attrs, "train", flip=True, limit=limit,
+    attrs = list(check_attr_names(attrs))
+    train = open_split(data_root, img_size, "train", attrs=attrs, flip=True, limit=limit,
                        cache_dir=cache_dir)
-    test = open_faces(data_root, img_size, attrs, "test", limit=limit, cache_dir=cache_dir)
+    test = open_split(data_root, img_size, "test", attrs=attrs, limit=limit, cache_dir=cache_dir)
     if batch_size > len(train):
         raise ValueError(f"batch_size {batch_size} exceeds the {len(train)} training images")
     device = torch.device(_default_device() if device is None else device)
@@ -230,39 +150,6 @@ def train_classifier(
     return ClassifierRun(classifier, losses, meta)
 
 
-def save_classifier(classifier: AttributeClassifier, path: str | os.PathLike, meta: dict) -> None:
-    """Write ``classifier`` to ``path`` (loadable with ``torch.load(weights_only=True)``); the file
-    is written beside ``path`` and renamed into place, so readers never see a partial file."""
-    state = {k: v.detach().cpu() for k, v in classifier.state_dict().items()}
-    atomic_torch_save({"format": FORMAT, "version": VERSION, "config": classifier.config,
-                       "state_dict": state, "meta": meta}, path)
-
-
-def load_classifier(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> AttributeClassifier:
-    """Load a classifier written by ``save_classifier``, in eval mode; its ``meta`` dict is
-    attached as ``.meta``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises pickle, zip and runtime errors on foreign files
-        raise ValueError(f"{path} is not an exprfast classifier file: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an exprfast classifier file (format {FORMAT!r})")
-    if payload.get("version") != VERSION:
-        raise ValueError(
-            f"{path} has classifier file version {payload.get('version')!r}; this exprfast "
-            f"reads version {VERSION}"
-        )
-    classifier = AttributeClassifier(**payload["config"])
-    classifier.load_state_dict(payload["state_dict"])
-    classifier.meta = payload.get("meta", {})
-    return classifier.to(map_location).eval()
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -287,7 +174,7 @@ def evaluate(
     """
     if img_size is not None and img_size != model.img_size:
         raise ValueError(f"img_size {img_size} differs from the model's {model.img_size}")
-    dataset = open_faces(data_root, model.img_size, model.attrs, split, cache_dir=cache_dir)
+    dataset = open_split(data_root, model.img_size, split, attrs=model.attrs, cache_dir=cache_dir)
     results = evaluate_dataset(model, classifier, dataset, attrs, limit, batch_size)
     return {"split": split, **results}
 
@@ -313,11 +200,11 @@ def evaluate_dataset(
     "mean"}}``, ``swap_accuracy_mean``, ``classifier_accuracy`` (on the real images: the
     ceiling for swap accuracy) and ``seconds``.
     """
-    attrs = list(model.attrs) if attrs is None else _check_attr_names(attrs)
+    attrs = list(model.attrs) if attrs is None else list(check_attr_names(attrs))
     _check_compatible(model, classifier, attrs)
     if limit is not None:
-        _check_positive_int(limit, "limit")
-    _check_positive_int(batch_size, "batch_size")
+        check_positive_int(limit, "limit")
+    check_positive_int(batch_size, "batch_size")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     model_cols = [list(model.attrs).index(a) for a in attrs]
     clf_cols = [list(classifier.attrs).index(a) for a in attrs]
@@ -391,7 +278,7 @@ def results_markdown(results: dict, name: str) -> str:
         "| --- | --- |",
         f"| reconstruction PSNR | {results['psnr']:.2f} dB |",
         f"| reconstruction SSIM | {results['ssim']:.4f} |",
-        f"| swap accuracy (mean) | {_percent(results['swap_accuracy_mean'])} |",
+        f"| swap accuracy (mean) | {percent(results['swap_accuracy_mean'])} |",
         "",
         "| attribute | swapped to 0 | swapped to 1 | swap mean | classifier on real images |",
         "| --- | --- | --- | --- | --- |",
@@ -399,114 +286,12 @@ def results_markdown(results: dict, name: str) -> str:
     for attr in results["attrs"]:
         swap = results["swap_accuracy"][attr]
         cells = [swap["0"], swap["1"], swap["mean"], results["classifier_accuracy"][attr]]
-        lines.append(f"| {attr} | " + " | ".join(map(_percent, cells)) + " |")
+        lines.append(f"| {attr} | " + " | ".join(map(percent, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _percent(value: float) -> str:
+def percent(value: float) -> str:
     return f"{100 * value:.1f} %"
-
-
-# ----------------------------------------------------------------------------- commands
-
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``exprfast evaluate``."""
-    parser.add_argument("--model", required=True, type=Path,
-                        help="model or training checkpoint file (read with exprfast.edit.load)")
-    parser.add_argument("--classifier", required=True, type=Path,
-                        help="attribute classifier from 'exprfast train-classifier'")
-    _add_data_arguments(parser)
-    parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--limit", type=_positive_int, default=None,
-                        help="evaluate only the first N images of the split")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("-o", "--output", required=True, type=Path,
-                        help="folder for NAME.json and NAME.md")
-    parser.add_argument("--name", default=None, help="file name stem (default: the model's)")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``exprfast evaluate``: writes the results and prints the markdown table."""
-    try:
-        model = _load_model(args.model).to(_device_arg(args.device))
-        classifier = load_classifier(args.classifier)
-        results = evaluate(
-            model, classifier, args.data_root, split=args.split, limit=args.limit,
-            batch_size=args.batch_size, cache_dir=args.cache_dir,
-        )
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        return _fail("evaluate", error)
-    results.update(model=str(args.model), classifier=str(args.classifier))
-    name = args.name or args.model.stem
-    json_path, md_path = write_results(results, args.output, name)
-    print(results_markdown(results, name))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
-
-
-def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``exprfast train-classifier``."""
-    parser.add_argument("--attrs", nargs="+", default=list(DEFAULT_ATTRS),
-                        help="attribute names, e.g. Smiling Mouth_Slightly_Open")
-    parser.add_argument("--img-size", type=_positive_int, default=64)
-    parser.add_argument("--steps", type=_positive_int, default=1500)
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=_positive_int, default=None,
-                        help="use only the first N listed images (before splitting)")
-    _add_data_arguments(parser)
-    parser.add_argument("-o", "--output", required=True, type=Path, help="classifier file to write")
-
-
-def run_train_classifier(args: argparse.Namespace) -> int:
-    """``exprfast train-classifier``: trains, saves and prints the test accuracy."""
-    try:
-        run = train_classifier(
-            args.data_root, args.img_size, args.attrs, args.steps, args.batch_size, args.lr,
-            args.output, seed=args.seed, limit=args.limit, cache_dir=args.cache_dir,
-            device=_device_arg(args.device),
-        )
-    except (FileNotFoundError, ValueError) as error:
-        return _fail("train-classifier", error)
-    accuracy = ", ".join(f"{a} {_percent(v)}" for a, v in run.meta["test_accuracy"].items())
-    print(f"test accuracy ({run.meta['n_test']} images): {accuracy}")
-    print(f"trained {args.steps} steps in {run.meta['train_seconds']:.0f} s; wrote {args.output}")
-    return 0
-
-
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="CelebA-HQ folder (attribute file + images<N>/); default "
-                             "../shared/data/celebahq beside the repository")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="image cache folder (default ~/.cache/exprfast)")
-    parser.add_argument("--device", default=None, help="torch device (default cuda if available)")
-
-
-def _load_model(path: Path) -> nn.Module:
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    from .edit import load  # imported here: edit imports the model stack, not needed otherwise
-
-    return load(path).model
-
-
-def _fail(command: str, error: Exception) -> int:
-    print(f"exprfast {command}: error: {error}", file=sys.stderr)
-    return 2
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _device_arg(device: str | None) -> torch.device:
-    return torch.device(_default_device() if device is None else device)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -562,24 +347,6 @@ def _check_compatible(model: nn.Module, classifier: nn.Module, attrs: list[str])
             f"the classifier takes {classifier.img_size} px images but the model makes "
             f"{model.img_size} px ones"
         )
-
-
-def _check_attr_names(attrs: Sequence[str] | str) -> list[str]:
-    attrs = [attrs] if isinstance(attrs, str) else list(attrs)
-    if not attrs or len(set(attrs)) != len(attrs):
-        raise ValueError(f"attrs must be distinct attribute names, got {attrs}")
-    return attrs
-
-
-def _check_img_size(img_size: int) -> None:
-    _check_positive_int(img_size, "img_size")
-    if img_size < 2 or img_size & (img_size - 1):
-        raise ValueError(f"img_size must be a power of two >= 2, got {img_size}")
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_same_shape(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -85,7 +85,7 @@ def _backward(ctx, grad):
 def _double_backward(ctx, *grads):
     raise RuntimeError(
         f"{_OP}: double backward (gradients of gradients) is not supported; "
-        "use exprfast.reference.up_label_conv_reference where you need it")
+        "use exprfast.op.reference.up_label_conv_reference where you need it")
 
 
 def _save_nothing(ctx, inputs, output):

@@ -5,14 +5,14 @@ import torch
 
 _HOW_TO_BUILD = (
     "Build it from the repository root against the torch you run with:\n"
-    "    pip install torch==2.13.0 scikit-build-core pybind11 ninja 'cmake>=3.26'\n"
-    "    pip install --no-build-isolation .\n"
-    "(see README.md, 'Install')."
+    "    pip install -r requirements-build.txt    # pins the CPU wheel torch==2.13.0\n"
+    "    pip install --no-build-isolation -e .\n"
+    "(a plain `pip install torch` pulls a multi-GB CUDA build; see README.md, 'Install')."
 )
 
 
 def _source_tree_hint():
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     if not (package.parent / "CMakeLists.txt").is_file():
         return ""
     return (f"\nNote: this is the source tree at {package}; if exprfast is installed, Python "
@@ -21,7 +21,7 @@ def _source_tree_hint():
 
 def load():
     try:
-        from . import _C
+        from .. import _C
     except ImportError as err:
         raise ImportError(
             f"exprfast's compiled extension (exprfast._C) is not built or cannot be loaded: {err}\n"

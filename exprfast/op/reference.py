@@ -3,7 +3,7 @@ plain-PyTorch rewrite (the bar the C++ kernels must beat in benchmarks/ops.md)."
 import torch
 import torch.nn.functional as F
 
-# Tap matrices of ../shared/DESIGN.md: FOLD[t, i] = 1 when 4x4 transposed-conv tap t sums 3x3 tap i;
+# Tap matrices of docs/DESIGN.md: FOLD[t, i] = 1 when 4x4 transposed-conv tap t sums 3x3 tap i;
 # BORDER[r, i] = 1 when 3x3 tap i stays inside the image for output border class r.
 FOLD = ((0, 0, 1), (0, 1, 1), (1, 1, 0), (1, 0, 0))
 BORDER = ((0, 1, 1), (1, 1, 1), (1, 1, 0))

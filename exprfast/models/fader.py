@@ -7,7 +7,7 @@ concatenated to its input as constant maps, as in Fader.
 
 Presets (``build(preset=...)``):
 
-* ``"paper"``: the refined decoder on the fused op :class:`exprfast.nn.UpLabelConv2d` (upsample +
+* ``"paper"``: the refined decoder on the fused op :class:`exprfast.op.nn.UpLabelConv2d` (upsample +
   label maps + 3x3 conv without materialising the upsampled input or the maps).
 * ``"paper-eager"``: the same network with the same parameters (state_dicts load both ways) in
   plain PyTorch: ``nn.Upsample``, ``torch.cat`` of expanded label maps, ``nn.Conv2d``.
@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .nn import UpLabelConv2d
+from ..checks import check_attr_names, check_img_size, is_int, is_power_of_two
 
 PRESETS = ("paper", "paper-eager", "fader")
 
@@ -32,14 +32,6 @@ DEFAULTS = {
     "dis_dropout": 0.3,  # dropout after each conv layer of the latent discriminator
     "img_channels": 3,   # image channels (3 for RGB)
 }
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_power_of_two(value):
-    return _is_int(value) and value >= 1 and value & (value - 1) == 0
 
 
 def _check(condition, message):
@@ -56,31 +48,20 @@ def _validated_config(preset, img_size, attrs, overrides):
            f"preset must be one of {', '.join(map(repr, PRESETS))}, got {preset!r}")
     cfg = {**DEFAULTS, **overrides}
     for name in ("init_fm", "max_fm", "dis_hidden", "img_channels"):
-        _check(_is_int(cfg[name]) and cfg[name] >= 1,
+        _check(is_int(cfg[name], 1),
                f"{name} must be a positive int, got {cfg[name]!r}")
     _check(cfg["max_fm"] >= cfg["init_fm"],
            f"max_fm must be >= init_fm ({cfg['init_fm']}), got {cfg['max_fm']!r}")
-    _check(_is_power_of_two(cfg["latent_size"]),
+    _check(is_power_of_two(cfg["latent_size"]),
            f"latent_size must be a power of two (1, 2, 4, 8, ...), got {cfg['latent_size']!r}")
     dropout = cfg["dis_dropout"]
     _check(isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
            and 0 <= dropout < 1, f"dis_dropout must be a number in [0, 1), got {dropout!r}")
-    _check(_is_power_of_two(img_size) and img_size >= 32,
-           f"img_size must be a power of two >= 32 (32, 64, 128, 256, 512, ...), got {img_size!r}")
+    check_img_size(img_size, "img_size", minimum=32)
     _check(img_size >= 2 * cfg["latent_size"],
            f"img_size ({img_size}) must be at least 2 * latent_size ({2 * cfg['latent_size']}) so "
            f"that the encoder has at least one layer")
-    if isinstance(attrs, str):
-        attrs = (attrs,)
-    try:
-        attrs = tuple(attrs)
-    except TypeError:
-        raise ValueError(f"attrs must be a sequence of attribute names, got {attrs!r}") from None
-    _check(len(attrs) > 0, "attrs must name at least one attribute, got an empty sequence")
-    _check(all(isinstance(a, str) and a for a in attrs),
-           f"attrs must be non-empty strings, got {attrs!r}")
-    duplicates = sorted({a for a in attrs if attrs.count(a) > 1})
-    _check(not duplicates, f"attrs must not repeat names, got {', '.join(duplicates)} twice")
+    attrs = check_attr_names(attrs)
     cfg["dis_dropout"] = float(dropout)
     return {"preset": preset, "img_size": img_size, "attrs": attrs, **cfg}
 
@@ -151,6 +132,8 @@ class FusedUpLabelConvBlock(DecoderBlock):
     """preset "paper": exprfast.nn.UpLabelConv2d, upsample + label maps + 3x3 conv in one op."""
 
     def __init__(self, in_channels, label_channels, out_channels, last):
+        from ..op.nn import UpLabelConv2d  # here: only this preset needs the compiled extension
+
         super().__init__(UpLabelConv2d(in_channels, label_channels, out_channels), out_channels,
                          last)
 

@@ -1,0 +1,267 @@
+"""Edit the attributes of aligned faces (the training framing) with a trained model.
+
+``load`` reads a model file (``exprfast.checkpoints``) into an :class:`Editor`;
+``Editor.edit(images, changes)`` returns a batch of aligned faces with some attributes set, e.g.
+``{"Smiling": 1.0}``: values are sliders (0 and 1 are the training values, beyond them
+exaggerates).
+
+**Attributes that are not changed.** A Fader decoder needs a value for every attribute, and its
+latent code has (by design) forgotten them. Each attribute not in ``changes`` takes the value
+given in ``current``, else the model's reading of the face: with a model file that carries an
+``AttributeReader`` (trained with ``--lambda-clf``), the reader's probability that the
+attribute is present; without one, the value among ``ESTIMATE_GRID`` (0, 0.25, ..., 1) whose
+decoding reconstructs the input best (mean squared error; one coordinate sweep per attribute,
+twice when there are several; one decode per grid value and attribute).
+
+With ``residual=True`` the result is ``images + decode(z, new) - decode(z, current)``: the
+model's *change* applied to the input, which keeps its detail (photos use this).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import load_model
+
+ESTIMATE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+_BATCH = 32
+
+
+def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Editor":
+    """The model file at ``path`` (default the bundled model; a training checkpoint works too)
+    as an :class:`Editor` on ``device``, float32, eval mode. FileNotFoundError if the file is
+    missing, ValueError naming the file and the problem if it is not a valid model."""
+    model, reader, meta = load_model(path)
+    return Editor(model, meta=meta, device=device, reader=reader)
+
+
+class Editor:
+    """A trained model ready to edit faces. ``model``: a ``FaderModel`` (put in eval mode, on
+    ``device``); ``meta``: the model file's meta dict; ``reader``: its ``AttributeReader`` or
+    None. Attributes ``model``, ``reader``, ``meta``, ``attrs`` (tuple of names), ``img_size``,
+    ``device``."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict | None = None,
+                 device: str | torch.device | None = None,
+                 reader: torch.nn.Module | None = None) -> None:
+        if device is None:
+            device = next(iter(model.parameters()), torch.empty(0)).device
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.reader = None if reader is None else reader.to(self.device).eval()
+        if reader is not None and (list(reader.attrs) != list(model.attrs)
+                                   or reader.img_size != model.img_size):
+            raise ValueError(f"the reader reads {list(reader.attrs)} at {reader.img_size} px but "
+                             f"the model has {list(model.attrs)} at {model.img_size} px")
+        self.meta = dict(meta or {})
+        self.attrs = tuple(model.attrs)
+        self.img_size = int(model.img_size)
+
+    def __repr__(self) -> str:
+        return f"Editor(attrs={self.attrs}, img_size={self.img_size}, device={str(self.device)!r})"
+
+    # -- the values
+
+    def check_changes(self, changes: Mapping[str, float]) -> dict[str, float]:
+        """``changes`` as ``{name: float}``; ValueError for unknown names or non-finite values."""
+        if not isinstance(changes, Mapping):
+            raise ValueError(f"changes must be a dict {{attribute: value}}, got {changes!r}")
+        unknown = [name for name in changes if name not in self.attrs]
+        if unknown:
+            raise ValueError(f"unknown attribute{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, unknown))}; this model has: "
+                             f"{', '.join(self.attrs)}")
+        checked = {}
+        for name, value in changes.items():
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"attribute {name!r} needs a finite number, got {changes[name]!r}")
+            checked[name] = value
+        return checked
+
+    @torch.inference_mode()
+    def estimate(self, images) -> torch.Tensor:
+        """``(N, n_attrs)`` float32 CPU estimates of the current attribute values of ``images``
+        (any kind ``edit`` takes): the reader's probabilities, or the best-reconstructing
+        ``ESTIMATE_GRID`` values (module docstring)."""
+        x, _ = self._to_model_input(images)
+        return torch.cat([self._estimate(x[i:i + _BATCH], self.model.encode(x[i:i + _BATCH]))
+                          for i in range(0, len(x), _BATCH)]).cpu()
+
+    def _estimate(self, x: torch.Tensor, z: torch.Tensor,
+                  known: torch.Tensor | None = None) -> torch.Tensor:
+        """Values (N, n_attrs) on the model's device for the images ``x`` with latents ``z``:
+        ``known`` (n_attrs,) gives some (NaN = unknown); the others are estimated."""
+        n, n_attrs = len(x), len(self.attrs)
+        values = torch.full((n, n_attrs), 0.5, device=x.device)
+        free = list(range(n_attrs))
+        if known is not None:
+            known = known.to(x.device)
+            given = ~torch.isnan(known)
+            values[:, given] = known[given]
+            free = [j for j in free if not given[j]]
+        if self.reader is not None and free:
+            values[:, free] = self.reader.probabilities(x)[:, free]
+            return values
+        grid = torch.tensor(ESTIMATE_GRID, device=x.device)
+        g = len(grid)
+        for _ in range(2 if len(free) > 1 else 1):
+            for j in free:
+                # decode every grid value for every image at once: (g * n) rows, grid-major
+                trial = values.repeat(g, 1)
+                trial[:, j] = grid.repeat_interleave(n)
+                decoded = self.model.decode(z.repeat(g, 1, 1, 1), trial)
+                error = (decoded - x.repeat(g, 1, 1, 1)).pow(2).flatten(1).mean(1)
+                values[:, j] = grid[error.view(g, n).argmin(0)]
+        return values
+
+    @torch.inference_mode()
+    def edit(self, images, changes: Mapping[str, float],
+             current: Mapping[str, float] | None = None, residual: bool = False):
+        """Edited copies of aligned faces ``images``.
+
+        images: uint8 ``(N, H, W, 3)`` (numpy array or tensor) or float ``(N, 3, H, W)`` in
+            [-1, 1] (tensor or numpy array); a single image without the N axis works too. Square
+            images of any size: they are resized (antialiased bicubic) to ``img_size`` and the
+            result back to their size.
+        changes: ``{attribute: value}`` to set, e.g. ``{"Smiling": 1.0}``.
+        current: known current values of some attributes (the same for every image); the others
+            not in ``changes`` are estimated (module docstring).
+        residual: return ``images + (decode(z, new) - decode(z, current))`` instead of
+            ``decode(z, new)``: the model's change applied to the input, keeping its detail.
+
+        Returns the same kind as ``images``: type, dtype, layout, shape, device.
+        """
+        changes = self.check_changes(changes)
+        current = self.check_changes(current or {})
+        x, restore = self._to_model_input(images)
+        full = restore.tensor  # the input as float (N, 3, H, W) on the model's device
+        n_attrs = len(self.attrs)
+        known = torch.full((n_attrs,), math.nan)
+        for name, value in current.items():
+            known[self.attrs.index(name)] = value
+        if not residual:  # the changed attributes' current values are not needed
+            for name, value in changes.items():
+                known[self.attrs.index(name)] = value
+        outputs = []
+        for start in range(0, len(x), _BATCH):
+            xb = x[start:start + _BATCH]
+            z = self.model.encode(xb)
+            if torch.isnan(known).any():
+                base = self._estimate(xb, z, known)
+            else:  # every value is given: no estimate needed
+                base = known.to(xb.device).expand(len(xb), n_attrs).clone()
+            target = base.clone()
+            for name, value in changes.items():
+                target[:, self.attrs.index(name)] = value
+            decoded = self.model.decode(z, target)
+            if residual:
+                delta = decoded - self.model.decode(z, base)
+                out = full[start:start + _BATCH] + _resize(delta, full.shape[-1])
+            else:
+                out = _resize(decoded, full.shape[-1])
+            outputs.append(out.clamp_(-1, 1))
+        return restore(torch.cat(outputs))
+
+    @torch.inference_mode()
+    def prepare(self, images, current: Mapping[str, float] | None = None):
+        """``(z, values)`` of aligned faces: their latents and their current attribute values
+        ``(N, n_attrs)`` (``current`` where given, else estimated), on the model's device."""
+        current = self.check_changes(current or {})
+        x, _ = self._to_model_input(images)
+        known = torch.full((len(self.attrs),), math.nan)
+        for name, value in current.items():
+            known[self.attrs.index(name)] = value
+        z = self.model.encode(x)
+        return z, self._estimate(x, z, known)
+
+    @torch.inference_mode()
+    def decode_uint8(self, z: torch.Tensor, values: torch.Tensor) -> np.ndarray:
+        """Decodings of latents ``z`` with attribute ``values`` as uint8 ``(N, S, S, 3)``."""
+        decoded = self.model.decode(z, values.to(z.device))
+        pixels = decoded.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+    # -- conversions
+
+    def _to_model_input(self, images):
+        """``(x, restore)``: x float (N, 3, img_size, img_size) on the device; ``restore(y)``
+        turns a float (N, 3, H, W) result back into the kind of ``images``."""
+        restore = _Restore(images, self.device)
+        return _resize(restore.tensor, self.img_size), restore
+
+
+class _Restore:
+    """Remembers the kind of an image batch; ``tensor`` is it as float32 (N, 3, H, W) in
+    [-1, 1] on ``device``; calling it converts such a tensor back."""
+
+    def __init__(self, images, device: torch.device) -> None:
+        self.is_numpy = isinstance(images, np.ndarray)
+        if not self.is_numpy and not torch.is_tensor(images):
+            raise ValueError(f"images must be a numpy array or a tensor, got "
+                             f"{type(images).__name__}")
+        tensor = torch.from_numpy(np.array(images)) if self.is_numpy else images  # a copy
+        self.dtype, self.source_device = tensor.dtype, tensor.device
+        self.single = tensor.dim() == 3
+        if self.single:
+            tensor = tensor.unsqueeze(0)
+        if tensor.dim() != 4:
+            raise ValueError(f"images must be (N, H, W, 3) uint8 or (N, 3, H, W) float, got "
+                             f"shape {tuple(images.shape)}")
+        self.channels_last = tensor.dtype == torch.uint8
+        if self.channels_last:
+            if tensor.shape[-1] != 3:
+                raise ValueError(f"uint8 images must be (N, H, W, 3), got {tuple(images.shape)}")
+            tensor = tensor.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        elif tensor.is_floating_point():
+            if tensor.shape[1] != 3:
+                raise ValueError(f"float images must be (N, 3, H, W) in [-1, 1], got "
+                                 f"{tuple(images.shape)}")
+            tensor = tensor.to(device=device, dtype=torch.float32)
+            _check_range(tensor)
+        else:
+            raise ValueError(f"images must be uint8 (N, H, W, 3) or float (N, 3, H, W), got "
+                             f"dtype {tensor.dtype}")
+        if tensor.shape[-1] != tensor.shape[-2]:
+            raise ValueError(f"aligned faces must be square, got {tensor.shape[-2]}x"
+                             f"{tensor.shape[-1]}")
+        if tensor.shape[0] == 0:
+            raise ValueError("images is an empty batch")
+        self.tensor = tensor
+
+    def __call__(self, result: torch.Tensor):
+        if self.channels_last:
+            result = result.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+            result = result.permute(0, 2, 3, 1).contiguous()
+        else:
+            result = result.to(self.dtype)
+        if self.single:
+            result = result[0]
+        result = result.to(self.source_device)
+        return result.numpy() if self.is_numpy else result
+
+
+def _check_range(x: torch.Tensor) -> None:
+    """Float faces must lie in [-1, 1]; faces in [0, 1] are a common mix-up, so refuse them."""
+    low, high = x.min().item(), x.max().item()
+    if not (math.isfinite(low) and math.isfinite(high)) or low < -1.001 or high > 1.001:
+        raise ValueError(f"float images must be finite and in [-1, 1], got values in "
+                         f"[{low:.3g}, {high:.3g}]")
+    if low >= 0 and x.numel() >= 64:
+        raise ValueError(f"float images must be in [-1, 1], but these lie in [{low:.3g}, "
+                         f"{high:.3g}] as if in [0, 1]: pass images * 2 - 1")
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
+                         antialias=True)

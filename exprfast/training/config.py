@@ -1,0 +1,213 @@
+"""Training options: ``TrainConfig`` (every option, checked) and the ``exprfast train`` flags."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from ..checks import check_img_size, flag, is_int, is_number
+from ..data import ATTR_FILE
+from ..models import DEFAULTS as MODEL_DEFAULTS
+from ..models import PRESETS, build
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+# The RGB data fixes img_channels; the other model options are training flags.
+MODEL_OPTIONS = tuple(k for k in MODEL_DEFAULTS if k != "img_channels")
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; each field ``name`` is the flag ``--name-with-dashes``."""
+
+    # data
+    data_root: str | None = None
+    img_size: int = 64
+    attrs: tuple[str, ...] | None = None
+    limit: int | None = None
+    flip: bool = True
+    cache_dir: str | None = None
+    # model
+    preset: str = "paper"
+    model_overrides: dict = field(default_factory=dict)
+    # optimisation (Fader's defaults)
+    steps: int = 10_000
+    batch_size: int = 32
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    clip_grad_norm: float = 5.0
+    lambda_lat: float = 1e-4
+    lambda_ramp_steps: int = 500_000
+    seed: int = 0
+    # edit losses (0 = off: the paper's recipe); ramped like lambda_lat
+    lambda_clf: float = 0.0
+    clf_train_steps: int | None = None
+    lambda_patch: float = 0.0
+    # run
+    run_dir: str = "runs/train"
+    resume: str | None = None
+    log_every: int = 50
+    val_every: int = 500
+    val_images: int = 256
+    sample_every: int = 500
+    sample_images: int = 8
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    progress: bool = True
+    # speed
+    device: str | None = None
+    precision: str = "fp32"
+    # channels_last end to end: the fused decoder op then needs no layout conversions (see
+    # README, Benchmarks); the paper decoder is slower than fader's in NCHW.
+    channels_last: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("data_root", "cache_dir", "run_dir", "resume"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.attrs, str):
+            self.attrs = (self.attrs,)
+        elif self.attrs is not None:
+            self.attrs = tuple(self.attrs)
+        self.betas = tuple(self.betas)
+        self._validate()
+
+    def _validate(self) -> None:
+        def require(condition: bool, name: str, what: str) -> None:
+            if not condition:
+                raise ValueError(f"{flag(name)} {what}, got {getattr(self, name)!r}")
+
+        for name in ("img_size", "steps", "batch_size", "log_every", "val_every", "val_images",
+                     "sample_every", "sample_images", "checkpoint_every", "keep_checkpoints"):
+            require(is_int(getattr(self, name), 1), name, "must be a positive integer")
+        require(self.limit is None or is_int(self.limit, 1), "limit", "must be a positive integer")
+        require(is_int(self.lambda_ramp_steps, 0), "lambda_ramp_steps", "must be an integer >= 0")
+        require(is_int(self.seed, 0), "seed", "must be an integer >= 0")
+        check_img_size(self.img_size, flag("img_size"), minimum=32)
+        require(is_number(self.lr) and self.lr > 0, "lr", "must be a positive number")
+        require(is_number(self.clip_grad_norm) and self.clip_grad_norm > 0, "clip_grad_norm",
+                "must be a positive number")
+        for name in ("lambda_lat", "lambda_clf", "lambda_patch"):
+            require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name,
+                    "must be a number >= 0")
+        require(self.clf_train_steps is None or is_int(self.clf_train_steps, 1),
+                "clf_train_steps", "must be a positive integer")
+        require(len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas),
+                "betas", "must be two numbers in [0, 1)")
+        require(self.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}")
+        require(self.precision in PRECISIONS, "precision",
+                f"must be one of {', '.join(PRECISIONS)}")
+        require(self.attrs is None or (len(self.attrs) > 0 and all(isinstance(a, str) and a
+                                                                     for a in self.attrs)),
+                "attrs", "must be one or more attribute names")
+        require(set(self.model_overrides) <= set(MODEL_OPTIONS), "model_overrides",
+                f"may only set {', '.join(MODEL_OPTIONS)}")
+        try:  # the model's own checks, on the meta device: no memory, no initialisation
+            with torch.device("meta"):
+                build(self.preset, self.img_size, self.attrs or ("attr",), **self.model_overrides)
+        except ValueError as error:
+            raise ValueError(f"bad model flags (--init-fm, --max-fm, ...): {error}") from error
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Put every ``TrainConfig`` option on ``parser`` (dest = field name); model options
+    (``--init-fm`` ...) default to the preset's values."""
+    d = TrainConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", default=d.data_root,
+                      help=f"CelebA-HQ folder ({ATTR_FILE} + images<N>/) or a folder of class "
+                           "folders (root/<class>/*.jpg); default ../shared/data/celebahq beside "
+                           "the repository")
+    data.add_argument("--img-size", type=int, default=d.img_size,
+                      help="image side in pixels, a power of two >= 32 (default %(default)s)")
+    data.add_argument("--attrs", nargs="+", default=d.attrs,
+                      help="attribute names (default Smiling, or every class of class folders)")
+    data.add_argument("--limit", type=int, default=d.limit,
+                      help="use only the first N listed images (before the train/val split)")
+    data.add_argument("--flip", action=argparse.BooleanOptionalAction, default=d.flip,
+                      help="random horizontal flips of the training images")
+    data.add_argument("--cache-dir", default=d.cache_dir,
+                      help="image cache folder (default ~/.cache/exprfast)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=PRESETS, default=d.preset,
+                       help="decoder: paper (fused op), paper-eager, fader (default %(default)s)")
+    for name in MODEL_OPTIONS:
+        model.add_argument(flag(name), type=type(MODEL_DEFAULTS[name]), default=None,
+                           help=f"model option {name} (default {MODEL_DEFAULTS[name]})")
+
+    optim = parser.add_argument_group("optimisation (defaults: Fader's recipe)")
+    optim.add_argument("--steps", type=int, default=d.steps,
+                       help="total training steps, counting those of a resumed run "
+                            "(default %(default)s)")
+    optim.add_argument("--batch-size", type=int, default=d.batch_size,
+                       help="global batch, split over the processes (default %(default)s)")
+    optim.add_argument("--lr", type=float, default=d.lr, help="Adam lr (default %(default)s)")
+    optim.add_argument("--betas", type=float, nargs=2, default=d.betas,
+                       help="Adam betas (default %(default)s)")
+    optim.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm,
+                       help="gradient norm clip of both updates (default %(default)s)")
+    optim.add_argument("--lambda-lat", type=float, default=d.lambda_lat,
+                       help="final weight of the adversarial latent loss (default %(default)s; "
+                            "on a CPU budget 1e-2 works much better)")
+    optim.add_argument("--lambda-ramp-steps", type=int, default=d.lambda_ramp_steps,
+                       help="steps of the linear ramp of lambda from 0 (default %(default)s; "
+                            "on a CPU budget e.g. 1000)")
+    optim.add_argument("--seed", type=int, default=d.seed,
+                       help="seed of the initialisation, data order and flips")
+
+    edits = parser.add_argument_group(
+        "edit losses (default off: the paper's recipe; both ramp like --lambda-lat)")
+    edits.add_argument("--lambda-clf", type=float, default=d.lambda_clf,
+                       help="weight of the attribute-classification loss on decode(z, flipped) "
+                            "(AttGAN); its classifier, an AttributeReader, trains on the real "
+                            "faces and goes into exported model files (e.g. 0.05)")
+    edits.add_argument("--clf-train-steps", type=int, default=d.clf_train_steps,
+                       help="train the reader only during the first N steps, then freeze it "
+                            "(Fader's pretrained classifier); default: all along (AttGAN)")
+    edits.add_argument("--lambda-patch", type=float, default=d.lambda_patch,
+                       help="weight of a PatchGAN critic's least-squares loss on "
+                            "decode(z, flipped), for sharper edits (e.g. 0.01)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("-o", "--run-dir", default=d.run_dir,
+                     help="folder of the logs, samples and checkpoints (default %(default)s)")
+    run.add_argument("--resume", default=d.resume,
+                     help="checkpoint to resume from, or 'auto' for the latest in --run-dir "
+                          "(a fresh start if there is none)")
+    for name, what in (("log_every", "log training metrics"),
+                       ("val_every", "measure validation metrics"),
+                       ("sample_every", "write a sample grid"),
+                       ("checkpoint_every", "write a checkpoint")):
+        run.add_argument(flag(name), type=int, default=getattr(d, name),
+                         help=f"{what} every N steps (default %(default)s)")
+    run.add_argument("--val-images", type=int, default=d.val_images,
+                     help="validation images measured (default %(default)s)")
+    run.add_argument("--sample-images", type=int, default=d.sample_images,
+                     help="faces (rows) in a sample grid (default %(default)s)")
+    run.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                     help="newest checkpoints kept (default %(default)s)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress,
+                     help="show a progress bar")
+
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--device", default=d.device,
+                       help="torch device (default cuda if available, else cpu)")
+    speed.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                       help="fp32; bf16 autocast (CPU or CUDA); fp16 autocast with a grad "
+                            "scaler (CUDA only) (default %(default)s)")
+    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       default=d.channels_last,
+                       help="channels_last memory format (default on: the fused op's native layout)")
+    speed.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
+                       help="torch.compile the encoder, decoder and discriminator")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of parsed ``add_arguments`` flags; ValueError names a bad flag."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+              if f.name != "model_overrides"}
+    overrides = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
+    return TrainConfig(**values, model_overrides=overrides)

@@ -1,0 +1,334 @@
+"""One training step of a Fader-style model, with the optional edit losses.
+
+The base recipe is Fader Networks' (``train.py`` defaults): Adam, lr 2e-4, betas (0.5, 0.999),
+gradient norm clipped at 5, batch 32. Every step is one latent-discriminator update, then one
+autoencoder update on the next batch (Fader draws a fresh batch for each update):
+
+* discriminator: cross-entropy of ``discriminate(encode(x))`` against the true attributes
+  (thresholded at 0.5; 2 logits per attribute, the per-attribute losses summed), with the encoder
+  in eval mode;
+* autoencoder: ``MSE(x_hat, x) + lambda(t) * CE(discriminate(z), 1 - a)`` with the discriminator
+  in eval mode and frozen: the encoder learns to make the discriminator read the *flipped*
+  attributes, i.e. to leave them out of z. ``lambda(t) = lambda_lat * min(t, ramp) / ramp``.
+
+That recipe trains the decoder only to reconstruct, so nothing asks a decoded *flip* to show the
+flipped attribute, and at CPU-sized budgets the edits stay faint. Two optional terms on
+``x_flip = decode(z, 1 - a)`` (every attribute flipped), ramped like lambda, fix that:
+
+* ``lambda_clf``: AttGAN's attribute-classification loss ``CE(reader(x_flip), 1 - a)``. The
+  reader (``AttributeReader``) is trained on the real faces of the autoencoder batch, every step
+  (AttGAN) or only during the first ``clf_train_steps`` steps and then frozen (Fader's
+  pretrained classifier);
+* ``lambda_patch``: a PatchGAN critic's least-squares loss on ``x_flip``, the critic trained on
+  the real faces against the detached ``x_flip``.
+
+**CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
+leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
+budget"). There use e.g. ``--steps 4000 --lambda-lat 1e-2 --lambda-ramp-steps 1000``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION
+from ..data import FaceDataset
+from ..models import (AttributeReader, PatchDiscriminator, build, classifier_loss,
+                      least_squares_loss)
+from .config import TrainConfig
+from .stream import BatchStream, seed_rngs
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Optional parts: (attribute, optimizer attribute) saved in checkpoints when present.
+_EXTRAS = (("reader", "reader_optimizer"), ("patch", "patch_optimizer"))
+
+
+def lambda_at(step: int, lambda_lat: float, ramp_steps: int) -> float:
+    """Weight of a ramped loss at ``step`` (0-based): linear from 0 to ``lambda_lat`` over
+    ``ramp_steps`` (constant when 0), as Fader's ``get_lambda``."""
+    return lambda_lat if ramp_steps == 0 else lambda_lat * min(step, ramp_steps) / ramp_steps
+
+
+def attribute_targets(attrs: torch.Tensor) -> torch.Tensor:
+    """(N, A) attribute values -> 0/1 classes (thresholded at 0.5)."""
+    return (attrs > 0.5).long()
+
+
+def discriminator_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``classifier_loss`` of the latent discriminator's ``(N, 2A)`` logits."""
+    return classifier_loss(logits.view(len(logits), -1, 2), targets)
+
+
+def discriminator_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of (image, attribute) pairs classified right."""
+    predicted = logits.view(len(logits), -1, 2).argmax(-1)
+    return (predicted == targets).float().mean()
+
+
+class AutoEncoder(nn.Module):
+    """A FaderModel's encoder and decoder as one module, ``forward(x, attrs, flipped=None) ->
+    (z, x_hat, x_flip)``, so DDP syncs exactly the parameters of the autoencoder update."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = model.encoder, model.decoder
+        self._model = [model]  # in a list: not a submodule (its discriminator is not ours)
+
+    def forward(self, x: torch.Tensor, attrs: torch.Tensor, flipped: torch.Tensor | None = None):
+        model = self._model[0]
+        z = model.encode(x)
+        x_flip = None if flipped is None else model.decode(z, flipped)
+        return z, model.decode(z, attrs), x_flip
+
+
+class Trainer:
+    """The model, its optimizers and one training step (the loop is ``training.run``)."""
+
+    def __init__(self, config: TrainConfig, train_set: FaceDataset, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.config, self.device = config, device
+        self.rank, self.world_size = rank, world_size
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model = build(config.preset, config.img_size, train_set.attr_names,
+                           **config.model_overrides).to(device)
+        self.reader = self.patch = None
+        if config.lambda_clf > 0:
+            self.reader = AttributeReader(config.img_size, train_set.attr_names).to(device)
+        if config.lambda_patch > 0:
+            self.patch = PatchDiscriminator(config.img_size).to(device)
+        seed_rngs(config.seed, rank)  # dropout masks differ between ranks
+        self.memory_format = (torch.channels_last if config.channels_last
+                              else torch.contiguous_format)
+        parts = [self.model.encoder, self.model.decoder, self.model.latent_discriminator,
+                 *(p for p in (self.reader, self.patch) if p is not None)]
+        for part in parts:
+            part.to(memory_format=self.memory_format)
+            if config.compile:
+                part.compile()
+        self.autoencoder = self._distributed(AutoEncoder(self.model))
+        self.discriminator = self._distributed(self.model.latent_discriminator)
+        self.ae_params = [*self.model.encoder.parameters(), *self.model.decoder.parameters()]
+        adam = dict(lr=config.lr, betas=config.betas)
+        self.ae_optimizer = torch.optim.Adam(self.ae_params, **adam)
+        self.dis_optimizer = torch.optim.Adam(self.model.latent_discriminator.parameters(),
+                                              **adam)
+        self.reader_optimizer = self.patch_optimizer = None
+        if self.reader is not None:
+            self.reader_ddp = self._distributed(self.reader)
+            self.reader_optimizer = torch.optim.Adam(self.reader.parameters(), **adam)
+        if self.patch is not None:
+            self.patch_ddp = self._distributed(self.patch)
+            self.patch_optimizer = torch.optim.Adam(self.patch.parameters(), **adam)
+        self.amp_dtype = _AMP_DTYPES.get(config.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.stream = BatchStream(train_set, config.batch_size, config.seed, rank, world_size)
+        self.step = 0
+
+    def _distributed(self, module: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+    def train_step(self) -> dict[str, torch.Tensor | float]:
+        """The updates of one step (module docstring); metrics as 0-d tensors or floats."""
+        config = self.config
+        lam = lambda_at(self.step, config.lambda_lat, config.lambda_ramp_steps)
+        ramp = lambda_at(self.step, 1.0, config.lambda_ramp_steps)
+        metrics = {"lambda": lam}
+        metrics["dis_loss"], metrics["dis_acc"] = self._discriminator_update(
+            *self.batch(2 * self.step))
+        images, attrs = self.batch(2 * self.step + 1)
+        if self.reader is not None and (config.clf_train_steps is None
+                                        or self.step < config.clf_train_steps):
+            metrics["reader_loss"], metrics["reader_acc"] = self._reader_update(images, attrs)
+        x_flip = self._autoencoder_update(images, attrs, lam, ramp, metrics)
+        if self.patch is not None:
+            metrics["patch_dis_loss"] = self._patch_update(images, x_flip)
+        self.scaler.update()
+        self.step += 1
+        return metrics
+
+    def batch(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``number`` of the stream (this rank's share), on the device."""
+        return self._to_device(*self.stream.batch(number))
+
+    def _to_device(self, images: torch.Tensor, attrs: torch.Tensor):
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return images, attrs.to(self.device, non_blocking=True)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    def _discriminator_update(self, images, attrs):
+        self.model.encoder.eval()  # as Fader: the discriminator sees eval-mode latents
+        self.discriminator.train()
+        targets = attribute_targets(attrs)
+        with self._autocast():
+            with torch.no_grad():
+                z = self.model.encode(images)
+            logits = self.discriminator(z)
+        loss = discriminator_loss(logits, targets)
+        self._update(loss, self.dis_optimizer)
+        return loss.detach(), discriminator_accuracy(logits.detach(), targets)
+
+    def _reader_update(self, images, attrs):
+        targets = attribute_targets(attrs)
+        with self._autocast():
+            logits = self.reader_ddp(images)
+        loss = classifier_loss(logits, targets)
+        self._update(loss, self.reader_optimizer)
+        return loss.detach(), (logits.detach().argmax(-1) == targets).float().mean()
+
+    def _autoencoder_update(self, images, attrs, lam: float, ramp: float, metrics: dict):
+        """The autoencoder update; fills ``metrics``, returns the detached ``x_flip`` (or
+        None when no edit loss needs it)."""
+        self.autoencoder.train()
+        self.model.latent_discriminator.eval()
+        targets = attribute_targets(attrs)
+        flipped = 1 - targets
+        wants_flip = self.reader is not None or self.patch is not None
+        critics = [p for p in (self.model.latent_discriminator, self.reader, self.patch)
+                   if p is not None]
+        with _frozen(*critics), self._autocast():
+            z, x_hat, x_flip = self.autoencoder(images, attrs, flipped if wants_flip else None)
+            logits = self.model.discriminate(z)
+            recon_loss = F.mse_loss(x_hat.float(), images)
+            adv_loss = discriminator_loss(logits, flipped)
+            loss = recon_loss + lam * adv_loss
+            if self.reader is not None:
+                flip_logits = self.reader(x_flip)
+                clf_loss = classifier_loss(flip_logits, flipped)
+                loss = loss + self.config.lambda_clf * ramp * clf_loss
+                metrics["clf_loss"] = clf_loss.detach()
+                metrics["flip_acc"] = (flip_logits.detach().argmax(-1) == flipped).float().mean()
+            if self.patch is not None:
+                patch_loss = least_squares_loss(self.patch(x_flip), real=True)
+                loss = loss + self.config.lambda_patch * ramp * patch_loss
+                metrics["patch_loss"] = patch_loss.detach()
+        self._update(loss, self.ae_optimizer)
+        metrics["recon_loss"], metrics["adv_loss"] = recon_loss.detach(), adv_loss.detach()
+        return None if x_flip is None else x_flip.detach()
+
+    def _patch_update(self, images, x_flip):
+        with self._autocast():
+            loss = (least_squares_loss(self.patch_ddp(images), real=True)
+                    + least_squares_loss(self.patch_ddp(x_flip), real=False)) / 2
+        self._update(loss, self.patch_optimizer)
+        return loss.detach()
+
+    def _update(self, loss, optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
+        self.scaler.step(optimizer)
+
+    @torch.no_grad()
+    def validate(self, dataset: FaceDataset, n_images: int) -> dict[str, float]:
+        """Reconstruction MSE and latent-discriminator accuracy on the first ``n_images`` of
+        ``dataset`` (and, with a reader, its accuracy on their flipped decodes), eval mode
+        (``train_step`` sets the modes it needs again)."""
+        self.model.eval()
+        n = min(n_images, len(dataset))
+        squared_error = hits = flip_hits = 0.0
+        for start in range(0, n, self.config.batch_size):
+            stop = min(start + self.config.batch_size, n)
+            images, attrs = self._to_device(*dataset.batch(range(start, stop)))
+            targets = attribute_targets(attrs)
+            with self._autocast():
+                z, x_hat = self.model(images, attrs)
+                logits = self.model.discriminate(z)
+                if self.reader is not None:
+                    flip_logits = self.reader(self.model.decode(z, 1 - targets))
+                    flip_hits += (flip_logits.argmax(-1) == 1 - targets).float().mean().item() \
+                        * len(images)
+            squared_error += F.mse_loss(x_hat.float(), images, reduction="sum").item()
+            hits += discriminator_accuracy(logits, targets).item() * len(images)
+        result = {"val_recon_mse": squared_error / images[0].numel() / n, "val_dis_acc": hits / n}
+        if self.reader is not None:
+            result["val_flip_acc"] = flip_hits / n
+        return result
+
+    @torch.no_grad()
+    def sample_grid(self, dataset: FaceDataset, n_images: int) -> torch.Tensor:
+        """``(rows, columns, 3, S, S)``: the first ``n_images`` of ``dataset``, their
+        reconstructions, and their decodings with each attribute flipped."""
+        self.model.eval()
+        images, attrs = self._to_device(*dataset.batch(range(min(n_images, len(dataset)))))
+        z = self.model.encode(images)
+        columns = [images, self.model.decode(z, attrs)]
+        for j in range(attrs.shape[1]):
+            flipped = attrs.clone()
+            flipped[:, j] = 1 - attribute_targets(attrs[:, j])
+            columns.append(self.model.decode(z, flipped))
+        return torch.stack(columns, dim=1).float().cpu()
+
+    def state_dict(self) -> dict:
+        """Everything but the RNG states, as tensors and plain data."""
+        state = {
+            "format": TRAIN_FORMAT, "version": TRAIN_VERSION,
+            "model_config": dict(self.model.config),
+            "model": self.model.state_dict(),
+            "ae_optimizer": self.ae_optimizer.state_dict(),
+            "dis_optimizer": self.dis_optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "data": self.stream.state(2 * self.step),
+            "train_config": dataclasses.asdict(self.config),
+        }
+        for part, optimizer in _EXTRAS:
+            if getattr(self, part) is not None:
+                state[part] = getattr(self, part).state_dict()
+                state[optimizer] = getattr(self, optimizer).state_dict()
+        if self.reader is not None:
+            state["reader_config"] = dict(self.reader.config)
+        return state
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        mismatched = {k: v for k, v in checkpoint["model_config"].items()
+                      if self.model.config.get(k) != v}
+        if mismatched:
+            raise ValueError(f"--resume: the checkpoint's model has {mismatched}, these flags "
+                             f"build {({k: self.model.config.get(k) for k in mismatched})}; "
+                             "pass the checkpoint's model flags")
+        for part, _ in _EXTRAS:
+            if (getattr(self, part) is None) != (part not in checkpoint):
+                raise ValueError(f"--resume: the checkpoint {'has' if part in checkpoint else 'lacks'}"
+                                 f" the {part} of --lambda-{'clf' if part == 'reader' else part}; "
+                                 "resume with the run's edit-loss flags")
+        self.model.load_state_dict(checkpoint["model"])
+        self.ae_optimizer.load_state_dict(checkpoint["ae_optimizer"])
+        self.dis_optimizer.load_state_dict(checkpoint["dis_optimizer"])
+        for part, optimizer in _EXTRAS:
+            if getattr(self, part) is not None:
+                getattr(self, part).load_state_dict(checkpoint[part])
+                getattr(self, optimizer).load_state_dict(checkpoint[optimizer])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step = checkpoint["step"]
+        expected = self.stream.state(2 * self.step)
+        if checkpoint["data"] != expected:
+            import warnings
+
+            warnings.warn(f"--resume: the data order differs from the checkpoint's run "
+                          f"({checkpoint['data']} vs now {expected}); training goes on with the "
+                          "new order", stacklevel=2)
+
+
+@contextlib.contextmanager
+def _frozen(*modules: nn.Module):
+    """No weight gradients for ``modules`` inside the block (their inputs still get theirs)."""
+    for module in modules:
+        module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.requires_grad_(True)

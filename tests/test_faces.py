@@ -1,0 +1,173 @@
+"""Face detection, alignment, crop and paste-back (exprfast.editing.faces), and the calibration
+script's measurements on real crops."""
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("cv2", reason="exprfast.editing.faces needs opencv-python-headless<5")
+
+from conftest import REAL_CELEBAHQ, REAL_LONDON, REPO, needs_london  # noqa: E402
+from exprfast import editing  # noqa: E402
+from exprfast.editing import faces  # noqa: E402
+
+CELEBAHQ = REAL_CELEBAHQ / "images256"
+LONDON = REAL_LONDON
+needs_celebahq = pytest.mark.skipif(not CELEBAHQ.is_dir(), reason=f"{CELEBAHQ} absent")
+
+
+def calibration():
+    """scripts/calibrate_faces.py as a module."""
+    spec = importlib.util.spec_from_file_location("calibrate_faces",
+                                                  REPO / "scripts" / "calibrate_faces.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sample():
+    with Image.open(editing.SAMPLE_PHOTOS[0]) as image:
+        return image.convert("RGB")
+
+
+def similarity(scale, degrees, centre_from, centre_to):
+    """2x3 map rotating by ``degrees`` (counter-clockwise as displayed) and scaling about
+    ``centre_from``, which goes to ``centre_to``."""
+    theta = math.radians(degrees)
+    linear = scale * np.array([[math.cos(theta), math.sin(theta)],
+                               [-math.sin(theta), math.cos(theta)]])
+    offset = np.asarray(centre_to) - linear @ np.asarray(centre_from)
+    return np.hstack([linear, offset[:, None]])
+
+
+def corner_error(matrix, true_matrix):
+    """RMS distance (crop units) between where the crop corners and centre land under two
+    photo -> crop-unit maps."""
+    points = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [0.5, 0.5]], dtype=float)
+    back = np.linalg.inv(faces._to3(true_matrix))
+    photo = (back[:2, :2] @ points.T + back[:2, 2:]).T
+    mapped = (matrix[:, :2] @ photo.T + matrix[:, 2:]).T
+    return float(np.sqrt(((mapped - points) ** 2).sum(1).mean()))
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def test_samples_exist_with_attribution():
+    assert len(editing.SAMPLE_PHOTOS) >= 1
+    readme = (editing.photo.SAMPLES_DIR / "README.md").read_text()
+    assert ("DeBruine, L., & Jones, B. (2017). Face Research Lab London Set (Version 5). "
+            "figshare. https://doi.org/10.6084/m9.figshare.5047666.v5") in readme
+    assert "CC BY 4.0" in readme
+    for path in editing.SAMPLE_PHOTOS:
+        assert path.is_file() and path.stat().st_size < 100_000
+
+
+@pytest.mark.parametrize("index", range(len(editing.SAMPLE_PHOTOS)))
+def test_one_face_in_each_sample(index):
+    with Image.open(editing.SAMPLE_PHOTOS[index]) as image:
+        found = faces.detect_faces(image)
+    assert len(found) == 1
+    assert found[0].aligned_by == "eyes" and abs(found[0].roll) < 10
+
+
+@needs_london
+@pytest.mark.parametrize("name", ["neutral/001.jpg", "neutral/021.jpg", "neutral/043.jpg",
+                                  "smiling/005.jpg", "smiling/030.jpg", "smiling/038.jpg"])
+def test_one_face_in_london_photos(name):
+    with Image.open(LONDON / name) as image:
+        found = faces.detect_faces(image)
+    assert len(found) == 1 and found[0].aligned_by == "eyes"
+
+
+def test_no_face_in_flat_or_noise_images():
+    assert faces.detect_faces(np.full((300, 400, 3), 128, np.uint8)) == []
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320), dtype=np.uint8)
+    assert faces.detect_faces(noise) == []
+
+
+def test_faces_are_ordered_largest_first(sample):
+    pixels = np.asarray(sample)
+    canvas = np.full((700, 1200, 3), 200, np.uint8)
+    small = np.asarray(sample.resize((300, 300), Image.Resampling.LANCZOS))
+    canvas[100:400, 50:350] = small
+    canvas[60:572, 600:1112] = pixels
+    found = faces.detect_faces(canvas)
+    assert len(found) == 2
+    assert found[0].box[2] > found[1].box[2] and found[0].box[0] > 500
+
+
+def test_alignment_follows_a_known_transform(sample):
+    """Scaling, rotating and moving a photo moves its canonical crop with it."""
+    pixels = np.asarray(sample)
+    face = faces.detect_faces(pixels)[0]
+    for scale, degrees in ((1.6, 0.0), (0.8, 12.0), (1.2, -30.0)):
+        transform = similarity(scale, degrees, (256, 256), (500, 380))
+        photo = faces.cv2.warpAffine(pixels, transform, (1000, 760), flags=faces.cv2.INTER_CUBIC,
+                                     borderMode=faces.cv2.BORDER_REPLICATE)
+        moved = faces.detect_faces(photo)
+        assert len(moved) == 1
+        # the crop of the moved face should be the original's crop: matrix o transform^-1
+        expected = faces._to3(face.matrix) @ np.linalg.inv(faces._to3(transform))
+        assert corner_error(moved[0].matrix, expected[:2]) < 0.06, (scale, degrees)
+        assert abs(moved[0].roll - (face.roll - degrees)) < 4
+
+
+@needs_celebahq
+def test_calibration_rederived_on_celebahq():
+    """The CANONICAL_* constants come back (approximately) from 60 CelebA-HQ training crops."""
+    result = calibration().measure_framing([CELEBAHQ / f"{i}.jpg" for i in range(1, 61)])
+    assert result["faces"] >= 55 and result["eyes"] >= 45
+    assert np.allclose(result["box_center"], faces.CANONICAL_BOX_CENTER, atol=0.01)
+    assert abs(result["box_size"] - faces.CANONICAL_BOX_SIZE) < 0.02
+    assert np.allclose(result["left_eye"], faces.CANONICAL_LEFT_EYE, atol=0.01)
+    assert np.allclose(result["right_eye"], faces.CANONICAL_RIGHT_EYE, atol=0.01)
+
+
+@needs_celebahq
+def test_training_crops_align_to_themselves():
+    """CelebA-HQ crops put into bigger photos (scaled, rotated, moved) are cut out again nearly
+    as they were: the photo framing matches the training framing."""
+    result = calibration().measure_alignment([CELEBAHQ / f"{i}.jpg" for i in range(4989, 5001)])
+    assert result["found"] >= 10 and result["eyes"] >= 8
+    assert result["median"] < 0.06 and result["max"] < 0.25
+
+
+# ----------------------------------------------------------------------------- crop and paste
+
+
+def test_crop_and_inverse_warp_round_trip(sample):
+    pixels = np.asarray(sample)
+    face = faces.detect_faces(pixels)[0]
+    crop = faces.crop_face(pixels, face, 256)
+    assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
+    # pasting the unedited crop back changes the photo only by resampling blur
+    back = faces.paste_face(pixels, crop, face)
+    weights, (top, left, bottom, right) = faces.photo_mask(face, pixels.shape, 256)
+    inside = weights > 0.99
+    assert inside.sum() > 10_000
+    diff = np.abs(back[top:bottom, left:right].astype(int) - pixels[top:bottom, left:right])
+    assert diff[inside].mean() < 3.0
+    # and a canvas in crop coordinates goes out and back: crop of the crop's paste
+    assert np.abs(faces.crop_face(back, face, 256).astype(int) - crop).mean() < 3.0
+
+
+def test_paste_changes_only_the_masked_pixels(sample):
+    pixels = np.asarray(sample)
+    face = faces.detect_faces(pixels)[0]
+    crop = 255 - faces.crop_face(pixels, face, 128)
+    out = faces.paste_face(pixels, crop, face)
+    weights, (top, left, bottom, right) = faces.photo_mask(face, pixels.shape, 128)
+    outside = np.ones(pixels.shape[:2], bool)
+    outside[top:bottom, left:right] = weights == 0
+    assert np.array_equal(out[outside], pixels[outside])
+    assert (out[~outside] != pixels[~outside]).any(axis=-1).mean() > 0.9
+    # the mask is feathered: weights between 0 and 1 on a band around the face
+    assert ((weights > 0.05) & (weights < 0.95)).sum() > 1000
+    # grey photos and crops work the same
+    grey = faces.paste_face(pixels[..., 0], crop[..., 0], face)
+    assert grey.shape == pixels.shape[:2]
+    assert np.array_equal(grey[outside], pixels[..., 0][outside])
