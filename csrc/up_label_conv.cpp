@@ -28,7 +28,15 @@ const Kernels& kernels_for(const at::Tensor& x) {
   return cpu_kernels();
 }
 
+// The dispatcher passes None for a (non-optional) Tensor argument as an undefined tensor, whose
+// dtype reads UNKNOWN_SCALAR: name it instead (exprfast.up_label_conv refuses it in Python first;
+// this is for direct torch.ops.exprfast callers).
+void check_defined(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.defined(), kOp, ": ", name, " must be a torch.Tensor, got None");
+}
+
 void check_like_x(const at::Tensor& x, const at::Tensor& t, const char* name) {
+  check_defined(t, name);
   TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), kOp, ": ", name, " has dtype ",
                    t.scalar_type(), " but x has dtype ", x.scalar_type(),
                    "; cast them to one dtype (or run under torch.autocast)");
@@ -38,6 +46,7 @@ void check_like_x(const at::Tensor& x, const at::Tensor& t, const char* name) {
 
 Problem check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& labels,
                      const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_defined(x, "x");
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), kOp,
                    ": x must be a floating-point tensor, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 4, kOp, ": x must be 4-D (N, C, H, W), got shape ", x.sizes());
