@@ -197,8 +197,10 @@ def evaluate_dataset(
 
     Returns ``n_images``, ``img_size``, ``attrs``, ``psnr`` (dB) and ``ssim`` (means over images
     of the reconstruction with the true attributes), ``swap_accuracy`` ``{attr: {"0", "1",
-    "mean"}}``, ``swap_accuracy_mean``, ``classifier_accuracy`` (on the real images: the
-    ceiling for swap accuracy) and ``seconds``.
+    "mean"}}``, ``swap_accuracy_mean``, ``flip_success`` ``{attr: {"to_1", "to_0"}}`` (of the
+    images without the attribute, the fraction read as having it once it is set to 1, and the
+    converse), ``classifier_accuracy`` (on the real images: the ceiling for swap accuracy) and
+    ``seconds``.
     """
     attrs = list(model.attrs) if attrs is None else list(check_attr_names(attrs))
     _check_compatible(model, classifier, attrs)
@@ -214,7 +216,8 @@ def evaluate_dataset(
     start = time.perf_counter()
     psnr_sum = ssim_sum = 0.0
     real_hits = torch.zeros(len(attrs), dtype=torch.float64)
-    swap_hits = torch.zeros(len(attrs), 2, dtype=torch.float64)
+    swap_hits = torch.zeros(len(attrs), 2, 2, dtype=torch.float64)  # attr, value set, true
+    true_counts = torch.zeros(len(attrs), 2, dtype=torch.float64)
     with _eval_mode(model, classifier), torch.no_grad():
         for images, labels in _batches(dataset, n, batch_size):
             images, labels = images.to(device), labels.to(device)
@@ -225,8 +228,12 @@ def evaluate_dataset(
             predicted = classifier(images).argmax(-1)[:, clf_cols]
             real_hits += (predicted == labels[:, model_cols].long()).sum(0).cpu()
             swap_hits += _swap_hits(model, classifier, z, labels, model_cols, clf_cols)
+            true = (labels[:, model_cols] > 0.5).long().cpu()
+            true_counts += torch.stack([(true == 0).sum(0), (true == 1).sum(0)], 1).double()
 
-    swap = swap_hits / n
+    swap = swap_hits.sum(2) / n
+    to_1 = _ratios(swap_hits[:, 1, 0], true_counts[:, 0])
+    to_0 = _ratios(swap_hits[:, 0, 1], true_counts[:, 1])
     return {
         "n_images": n,
         "img_size": model.img_size,
@@ -238,21 +245,31 @@ def evaluate_dataset(
             for a, row in zip(attrs, swap.tolist())
         },
         "swap_accuracy_mean": swap.mean().item(),
+        "flip_success": {a: {"to_1": one, "to_0": zero} for a, one, zero in zip(attrs, to_1, to_0)},
         "classifier_accuracy": dict(zip(attrs, (real_hits / n).tolist())),
         "seconds": round(time.perf_counter() - start, 2),
     }
 
 
+def _ratios(hits: torch.Tensor, counts: torch.Tensor) -> list:
+    """hits / counts per attribute; None where the count is 0 (no such image in the split)."""
+    return [h / c if c else None for h, c in zip(hits.tolist(), counts.tolist())]
+
+
 def _swap_hits(model, classifier, z, labels, model_cols, clf_cols) -> torch.Tensor:
-    """``(A, 2)`` counts of images decoded with attribute ``a`` set to ``v`` (the others kept)
-    that the classifier reads as ``v``: Fader's ``eval_clf_accuracy``."""
-    hits = torch.zeros(len(model_cols), 2, dtype=torch.float64)
+    """``(A, 2, 2)`` counts of images with true value ``t`` decoded with attribute ``a`` set to
+    ``v`` (the others kept) that the classifier reads as ``v`` (index ``[a, v, t]``): Fader's
+    ``eval_clf_accuracy``, split by the true value."""
+    hits = torch.zeros(len(model_cols), 2, 2, dtype=torch.float64)
     for k, (m, c) in enumerate(zip(model_cols, clf_cols)):
+        true = (labels[:, m] > 0.5).long()
         for value in (0, 1):
             swapped = labels.clone()
             swapped[:, m] = value
             decoded = model.decode(z, swapped).clamp(-1, 1)
-            hits[k, value] = (classifier(decoded).argmax(-1)[:, c] == value).sum().item()
+            right = (classifier(decoded).argmax(-1)[:, c] == value).double()
+            hits[k, value] = torch.zeros(2, dtype=torch.float64).index_add_(
+                0, true.cpu(), right.cpu())
     return hits
 
 
@@ -280,18 +297,20 @@ def results_markdown(results: dict, name: str) -> str:
         f"| reconstruction SSIM | {results['ssim']:.4f} |",
         f"| swap accuracy (mean) | {percent(results['swap_accuracy_mean'])} |",
         "",
-        "| attribute | swapped to 0 | swapped to 1 | swap mean | classifier on real images |",
-        "| --- | --- | --- | --- | --- |",
+        "| attribute | swapped to 0 | swapped to 1 | swap mean | flip 0 → 1 | flip 1 → 0 "
+        "| classifier on real images |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for attr in results["attrs"]:
-        swap = results["swap_accuracy"][attr]
-        cells = [swap["0"], swap["1"], swap["mean"], results["classifier_accuracy"][attr]]
+        swap, flip = results["swap_accuracy"][attr], results["flip_success"][attr]
+        cells = [swap["0"], swap["1"], swap["mean"], flip["to_1"], flip["to_0"],
+                 results["classifier_accuracy"][attr]]
         lines.append(f"| {attr} | " + " | ".join(map(percent, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
-def percent(value: float) -> str:
-    return f"{100 * value:.1f} %"
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,59 +1,157 @@
-"""Neutral -> smile edits of London Set people next to the same person's real smile.
+"""Real photos through the whole photo pipeline: the London Set's neutral and smiling photos of the
+same people, edited, next to the real thing, and judged by the independent classifier.
 
-Writes a PNG: one row per person, columns = neutral photo | edited with each Smiling value |
-real smile, each cropped around the detected face. The London Set (CC BY 4.0) is in ../shared/data.
+    python scripts/london_pairs.py --judge classifier128.pt --figure docs/london_pairs.png \
+        --report benchmarks/london
 
-    python scripts/london_pairs.py --people 001 012 024 034 -o docs/london_pairs.png
+* figure: one row per person in --people; columns neutral | edited to Smiling=1 | real smile ||
+  smiling | edited to Smiling=0 | real neutral, each cropped around the detected face;
+* report (with --judge): over every person, how often the judge (an ``AttributeClassifier``
+  trained on CelebA-HQ's train split, never used in training) reads the edited neutral photos as
+  smiling against the real smiling ones, and the edited smiling photos as neutral against the
+  real neutral ones; the model's own reading of each photo; and the number of pixels changed
+  outside the pasted face regions (must be 0). The London Set (CC BY 4.0) is in ../shared/data.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from exprfast import editing
-from exprfast.editing import faces
+from exprfast.checkpoints import load_classifier
 from exprfast.data import default_data_root
+from exprfast.editing import faces
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    p.add_argument("--people", nargs="+", default=["001", "012", "024", "034"])
-    p.add_argument("--values", type=float, nargs="+", default=[1.0, 2.0], help="Smiling values set")
+    p.add_argument("--judge", default=None, help="classifier file (exprfast train-classifier)")
+    p.add_argument("--people", nargs="+", default=["001", "012", "024", "034"],
+                   help="rows of the figure")
+    p.add_argument("--smile", type=float, default=1.0, help="Smiling value set on neutral photos")
     p.add_argument("--cell", type=int, default=200, help="side of each face cell (px)")
     p.add_argument("--london", default=None, help="default ../shared/data/london_faces")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--figure", default=None, help="PNG to write")
+    p.add_argument("--report", default=None, help="path stem of the .md and .json report")
     return p.parse_args(argv)
 
 
-def face_cell(image, cell):
-    """The photo cropped to a square around its largest face (1.6x the detection box)."""
-    x, y, w, h = faces.detect_faces(np.asarray(image))[0].box
+def face_cell(image, face, cell):
+    """The photo cropped to a square around ``face`` (1.6x its detection box)."""
+    x, y, w, h = face.box
     cx, cy, side = x + w / 2, y + h / 2, 1.6 * max(w, h)
     box = (int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
     return image.crop(box).resize((cell, cell), Image.LANCZOS)
 
 
+def changed_outside(before, after, face):
+    """Pixels that differ outside the region the face was pasted into."""
+    _, (top, left, bottom, right) = faces.photo_mask(face, np.asarray(before).shape)
+    diff = np.any(np.asarray(before) != np.asarray(after), axis=-1)
+    diff[top:bottom, left:right] = False
+    return int(diff.sum())
+
+
+def person(london, pid, editor, smile):
+    """Both photos of ``pid``, edited, with the detected faces."""
+    out = {}
+    for kind, value in (("neutral", smile), ("smiling", 0.0)):
+        photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
+        edited, found = editing.edit_photo(photo, {"Smiling": value}, model=editor, face=0,
+                                           return_faces=True)
+        out[kind] = (photo, edited, found[0])
+    return out
+
+
+@torch.no_grad()
+def judge_reads(judge, image, face):
+    crop = faces.crop_face(np.asarray(image), face, judge.img_size)
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
+
+
+def report(rows, path):
+    n = len(rows)
+    rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
+    summary = {
+        "people": n,
+        "edited_neutral_judged_smiling": rate("edited_neutral_smiling"),
+        "real_smiling_judged_smiling": rate("real_smiling_smiling"),
+        "edited_smiling_judged_neutral": 1 - rate("edited_smiling_smiling"),
+        "real_neutral_judged_neutral": 1 - rate("real_neutral_smiling"),
+        "model_reading_neutral_mean": float(np.mean([r["reading_neutral"] for r in rows])),
+        "model_reading_smiling_mean": float(np.mean([r["reading_smiling"] for r in rows])),
+        "pixels_changed_outside_faces": sum(r["changed_outside"] for r in rows),
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{path}.json").write_text(json.dumps({"summary": summary, "people": rows}, indent=2))
+    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+    Path(f"{path}.md").write_text("\n".join([
+        "# London Set photos through the photo pipeline", "",
+        f"{n} people, each photographed neutral and smiling (uncropped, 675 px), edited with "
+        "`exprfast.edit_photo` and read by the independent judge.", "",
+        "| | edited | real |", "|---|---|---|",
+        f"| judged smiling: neutral photo set to Smiling=1 vs real smile | "
+        f"{pct(summary['edited_neutral_judged_smiling'])} | "
+        f"{pct(summary['real_smiling_judged_smiling'])} |",
+        f"| judged neutral: smiling photo set to Smiling=0 vs real neutral | "
+        f"{pct(summary['edited_smiling_judged_neutral'])} | "
+        f"{pct(summary['real_neutral_judged_neutral'])} |", "",
+        f"Model's reading of Smiling (mean): neutral photos "
+        f"{summary['model_reading_neutral_mean']:.2f}, smiling photos "
+        f"{summary['model_reading_smiling_mean']:.2f}. Pixels changed outside the pasted face "
+        f"regions: {summary['pixels_changed_outside_faces']}.", ""]))
+    return summary
+
+
 def main(argv=None):
     args = parse_args(argv)
     london = Path(args.london) if args.london else default_data_root().parent / "london_faces"
-    model = editing.load(args.model)
-    rows = []
-    for person in args.people:
-        neutral = Image.open(london / "neutral" / f"{person}.jpg").convert("RGB")
-        smiling = Image.open(london / "smiling" / f"{person}.jpg").convert("RGB")
-        edited = [editing.edit_photo(neutral, {"Smiling": v}, model=model) for v in args.values]
-        rows.append([face_cell(im, args.cell) for im in (neutral, *edited, smiling)])
-    sheet = Image.new("RGB", (len(rows[0]) * args.cell, len(rows) * args.cell), "white")
-    for r, row in enumerate(rows):
-        for c, im in enumerate(row):
-            sheet.paste(im, (c * args.cell, r * args.cell))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.output, optimize=True)
-    edits = " | ".join(f"Smiling={v}" for v in args.values)
-    print(f"wrote {args.output}: rows {', '.join(args.people)}; columns neutral | {edits} | real smile")
+    editor = editing.load(args.model)
+    judge = load_classifier(args.judge) if args.judge else None
+    ids = sorted(p.stem for p in (london / "neutral").glob("*.jpg"))
+    people = ids if judge is not None else args.people
+    rows, cells = [], {}
+    for pid in people:
+        pair = person(london, pid, editor, args.smile)
+        (neutral, smiled, face_n), (smiling, unsmiled, face_s) = pair["neutral"], pair["smiling"]
+        if pid in args.people:
+            cells[pid] = [face_cell(im, f, args.cell) for im, f in
+                          ((neutral, face_n), (smiled, face_n), (smiling, face_s),
+                           (smiling, face_s), (unsmiled, face_s), (neutral, face_n))]
+        if judge is not None:
+            readings = [float(editor.estimate(faces.crop_face(np.asarray(im), f, editor.img_size)
+                                              [None])[0, 0])
+                        for im, f in ((neutral, face_n), (smiling, face_s))]
+            rows.append({
+                "person": pid,
+                "edited_neutral_smiling": judge_reads(judge, smiled, face_n),
+                "real_smiling_smiling": judge_reads(judge, smiling, face_s),
+                "edited_smiling_smiling": judge_reads(judge, unsmiled, face_s),
+                "real_neutral_smiling": judge_reads(judge, neutral, face_n),
+                "reading_neutral": readings[0], "reading_smiling": readings[1],
+                "changed_outside": changed_outside(neutral, smiled, face_n)
+                + changed_outside(smiling, unsmiled, face_s),
+            })
+    if args.figure:
+        rows_ = [cells[p] for p in args.people]
+        sheet = Image.new("RGB", (6 * args.cell + 8, len(rows_) * args.cell), "white")
+        for r, row in enumerate(rows_):
+            for c, im in enumerate(row):
+                sheet.paste(im, (c * args.cell + (8 if c >= 3 else 0), r * args.cell))
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(args.figure, optimize=True)
+        print(f"wrote {args.figure}: rows {', '.join(args.people)}; columns neutral | "
+              f"Smiling={args.smile} | real smile || smiling | Smiling=0 | real neutral")
+    if judge is not None and args.report:
+        print(json.dumps(report(rows, args.report), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

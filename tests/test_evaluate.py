@@ -118,6 +118,7 @@ def test_swap_accuracy_is_perfect_when_the_decoder_shows_the_labels():
     assert results["n_images"] == 40 and results["attrs"] == ["Smiling", "Male"]
     for attr in ("Smiling", "Male"):
         assert results["swap_accuracy"][attr] == {"0": 1.0, "1": 1.0, "mean": 1.0}
+        assert results["flip_success"][attr] == {"to_1": 1.0, "to_0": 1.0}
         assert results["classifier_accuracy"][attr] == 1.0
     assert results["swap_accuracy_mean"] == 1.0
     assert math.isinf(results["psnr"]) and results["ssim"] == pytest.approx(1.0)
@@ -136,6 +137,8 @@ def test_swap_accuracy_of_a_decoder_that_ignores_labels_follows_the_data():
                                   attrs=["Smiling"], limit=20, batch_size=7)
     assert results["n_images"] == 20 and results["attrs"] == ["Smiling"]
     assert results["swap_accuracy"]["Smiling"] == {"0": 0.25, "1": 0.75, "mean": 0.5}
+    # Nothing flips: the faces without a smile stay read as without, and the converse.
+    assert results["flip_success"]["Smiling"] == {"to_1": 0.0, "to_0": 0.0}
 
 
 def test_evaluate_reads_a_celebahq_folder_and_writes_results(tmp_path):

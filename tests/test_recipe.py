@@ -1,0 +1,150 @@
+"""The edit losses of issue 'smiles a person can see': the attribute reader's classification loss
+on decode(z, flipped) (trained alongside or frozen), the patch critic, their checkpoints and
+exact resume, the reader in model files and the Editor's readout with it."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from exprfast import checkpoints, editing, models, training
+
+TINY = {"init_fm": 8, "max_fm": 32, "dis_hidden": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(data_root, run_dir, cache_dir, **changes):
+    settings = dict(
+        data_root=data_root, run_dir=run_dir, cache_dir=cache_dir, img_size=32, batch_size=8,
+        steps=4, model_overrides=TINY, log_every=1, val_every=2, sample_every=100,
+        checkpoint_every=100, val_images=8, progress=False, lambda_lat=0.01,
+        lambda_ramp_steps=2, lambda_clf=0.5, lambda_patch=0.1,
+    )
+    return training.TrainConfig(**{**settings, **changes})
+
+
+def test_the_paper_recipe_has_no_edit_losses():
+    defaults = training.TrainConfig()
+    assert defaults.lambda_clf == 0 and defaults.lambda_patch == 0
+
+
+def test_edit_losses_are_logged_validated_and_checkpointed(class_faces, cache_dir, tmp_path):
+    result = training.train(config(class_faces, tmp_path / "run", cache_dir))
+    for key in ("clf_loss", "flip_acc", "reader_loss", "reader_acc", "patch_loss",
+                "patch_dis_loss", "val_flip_acc"):
+        assert np.isfinite(result[key]), key
+    checkpoint = checkpoints.load_checkpoint(result["checkpoint"])
+    for key in ("reader", "reader_optimizer", "patch", "patch_optimizer", "reader_config"):
+        assert key in checkpoint, key
+    assert checkpoint["train_config"]["lambda_clf"] == 0.5
+
+
+def test_resume_with_edit_losses_reproduces_the_uninterrupted_run(class_faces, cache_dir,
+                                                                  tmp_path):
+    straight = training.train(config(class_faces, tmp_path / "a", cache_dir, steps=6))
+    training.train(config(class_faces, tmp_path / "b", cache_dir, steps=3))
+    resumed = training.train(config(class_faces, tmp_path / "b", cache_dir, steps=6,
+                                    resume="auto"))
+    a = checkpoints.load_checkpoint(straight["checkpoint"])
+    b = checkpoints.load_checkpoint(resumed["checkpoint"])
+    for part in ("model", "reader", "patch"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+
+
+def test_frozen_reader_stops_training_after_clf_train_steps(class_faces, cache_dir, tmp_path):
+    run = tmp_path / "frozen"
+    training.train(config(class_faces, run, cache_dir, steps=2, clf_train_steps=2,
+                          lambda_patch=0.0))
+    before = checkpoints.load_checkpoint(checkpoints.list_checkpoints(run)[-1])["reader"]
+    result = training.train(config(class_faces, run, cache_dir, steps=4, clf_train_steps=2,
+                                   lambda_patch=0.0, resume="auto"))
+    after = checkpoints.load_checkpoint(result["checkpoint"])
+    assert "reader_loss" not in result and np.isfinite(result["clf_loss"])
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after["reader"][name]), name
+    assert not torch.equal(before["head.weight"], torch.zeros_like(before["head.weight"]))
+
+
+def test_resume_refuses_other_edit_loss_flags(class_faces, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    training.train(config(class_faces, run, cache_dir, steps=2))
+    with pytest.raises(ValueError, match="--resume: the checkpoint has the reader"):
+        training.train(config(class_faces, run, cache_dir, steps=3, lambda_clf=0.0,
+                              resume="auto"))
+
+
+@pytest.mark.parametrize("name, value", [("lambda_clf", -1.0), ("lambda_patch", "x"),
+                                         ("clf_train_steps", 0)])
+def test_bad_edit_loss_flags_are_named(name, value):
+    with pytest.raises(ValueError, match="--" + name.replace("_", "-")):
+        training.TrainConfig(**{name: value})
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def test_reader_and_judge_are_different_architectures():
+    reader = models.AttributeReader(64, ["Smiling"])
+    judge = models.AttributeClassifier(64, ["Smiling"])
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    assert reader(x).shape == judge(x).shape == (3, 1, 2)
+    # no normalisation in the reader (train and eval mode agree), BatchNorm in the judge
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in reader.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in judge.modules())
+    # global average pooling and one linear layer against the judge's 1x1 map and two
+    linears = [m for m in reader.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and sum(isinstance(m, torch.nn.Linear) for m in judge.modules()) == 2
+    probabilities = reader.probabilities(x)
+    assert probabilities.shape == (3, 1) and ((0 <= probabilities) & (probabilities <= 1)).all()
+
+
+def test_patch_discriminator_scores_patches():
+    critic = models.PatchDiscriminator(64)
+    assert critic(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 8, 8)
+    assert models.least_squares_loss(torch.ones(4), real=True) == 0
+    assert models.least_squares_loss(torch.zeros(4), real=False) == 0
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def test_model_file_carries_the_reader_and_the_editor_reads_with_it(tmp_path):
+    model = tiny_model()
+    torch.manual_seed(1)
+    reader = models.AttributeReader(32, ["Smiling"]).eval()
+    path = tmp_path / "model.pt"
+    checkpoints.save_model(model, path, reader=reader, half=False)
+    loaded = checkpoints.load_model(path)
+    for name, tensor in reader.state_dict().items():
+        assert torch.equal(tensor, loaded.reader.state_dict()[name]), name
+    editor = editing.load(path)
+    faces = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = reader.probabilities(faces)
+    torch.testing.assert_close(editor.estimate(faces), expected)
+    # without a reader: the reconstruction sweep's grid values
+    plain = editing.Editor(model)
+    assert set(plain.estimate(faces).flatten().tolist()) <= set(editing.editor.ESTIMATE_GRID)
+
+
+def test_export_keeps_the_reader_of_a_training_run(class_faces, cache_dir, tmp_path):
+    from exprfast.cli import main
+
+    result = training.train(config(class_faces, tmp_path / "run", cache_dir, steps=2))
+    out = tmp_path / "model.pt"
+    assert main(["export", result["checkpoint"], "-o", str(out)]) == 0
+    loaded = checkpoints.load_model(out)
+    assert loaded.reader is not None and loaded.reader.attrs == ["happy", "neutral"]
+    assert next(loaded.reader.parameters()).dtype == torch.float32
+
+
+def test_editor_refuses_a_reader_of_other_attributes():
+    with pytest.raises(ValueError, match="the reader reads"):
+        editing.Editor(tiny_model(), reader=models.AttributeReader(32, ["Male"]))
