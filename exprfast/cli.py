@@ -17,8 +17,11 @@ from .checks import IMAGE_SUFFIXES, one_line
 from .data import DEFAULT_ATTRS, SPLITS
 from .editing import edit_photo, interpolation_grid, load, save_image
 from .evaluation import evaluate, percent, results_markdown, train_classifier, write_results
+from .files import WriteError
 from .models import PRESETS, parameter_table
-from .training.run import env_rank
+from .training.config import explicit_options
+from .training.distributed import env_rank
+from .training.signals import Interrupted
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -40,12 +43,20 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    """The training command: trains and prints the result (rank 0); 2 on bad flags or data."""
+    """The training command: trains and prints the result (rank 0); 2 on bad flags or data or
+    a run dir that cannot be written; 128 + the signal (130 SIGINT, 143 SIGTERM) when
+    interrupted before training started or by a second signal. With --resume, the flags not
+    given are the interrupted run's."""
     try:
-        result = training.train(training.config_from_args(args))
-    except (ValueError, FileNotFoundError) as error:
+        config = training.config_from_args(args)
+        result = training.train(config, explicit=explicit_options(args.command_argv))
+    except (ValueError, FileNotFoundError, WriteError) as error:
         print(f"exprfast train: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as interrupted:
+        if env_rank() == 0:
+            print(f"exprfast train: {interrupted}", file=sys.stderr)
+        return interrupted.exit_code
     if env_rank() == 0:
         if result["interrupted"]:
             print(f"interrupted at step {result['step']}; resume with --resume auto",
@@ -68,7 +79,7 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output folder (created if needed), or an output file for a single "
                              "photo; files keep their names and formats")
-    parser.add_argument("--face", type=int, default=None, metavar="K",
+    parser.add_argument("--face", type=_int_at_least(0), default=None, metavar="K",
                         help="edit only face K (0 = the largest), default every face")
     parser.add_argument("--model", type=Path, default=None,
                         help="model file (default: the bundled model)")
@@ -79,12 +90,19 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
                         help="paste the model's decoded face instead of adding its change to "
                              "the photo (blurrier on large faces)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    parser.add_argument("--quality", type=_int_at_least(1, 100), default=95,
+                        help="JPEG quality, 1..100 (default 95)")
 
 
 def _run_edit(args: argparse.Namespace) -> int:
     """``exprfast edit``: 0 when every photo was edited, 1 when some failed (each failure is
     one line on stderr; the other photos are still done), 2 for bad arguments or model."""
+    if args.output.suffix.lower() in IMAGE_SUFFIXES and not args.output.is_dir() and (
+            len(args.photos) > 1 or Path(args.photos[0]).is_dir()):
+        several = "a folder" if len(args.photos) == 1 else f"{len(args.photos)} inputs"
+        _error("edit", f"-o {args.output} is a file name but {several} were given; pass an "
+                       "output folder (e.g. -o out/)")
+        return 2
     try:
         changes = _parse_assignments(args.changes, "--set")
         current = _parse_assignments(args.current, "--current")
@@ -127,7 +145,7 @@ def _add_grid(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--range", type=float, nargs=2, default=(-0.5, 1.5),
                         metavar=("LOW", "HIGH"), help="swept values (default -0.5 1.5)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="grid image file")
-    parser.add_argument("--face", type=int, default=0, metavar="K",
+    parser.add_argument("--face", type=_int_at_least(0), default=0, metavar="K",
                         help="face K (0 = the largest, the default)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model file (default: the bundled model)")
@@ -175,7 +193,7 @@ def _run_export(args: argparse.Namespace) -> int:
         model, reader, meta = load_model(args.checkpoint)
         save_model(model, args.output, meta, half=not args.float32,
                    discriminator=args.with_discriminator, reader=reader)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, WriteError) as error:
         return _fail("export", error)
     size = Path(args.output).stat().st_size / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB, {'float32' if args.float32 else 'float16'})")
@@ -327,6 +345,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_at_least(low: int, high: int | None = None):
+    """An argparse type: an integer in ``low..high`` (``high`` None: no upper bound)."""
+    wanted = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    return parse
+
+
 def _device_arg(device: str | None) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device is None
                         else device)
@@ -360,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    # The command's own arguments (which options were given: see training.explicit_options).
+    args.command_argv = argv[argv.index(args.command) + 1:] if args.command in argv else []
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:

@@ -23,7 +23,8 @@ The cache lives in ``cache_dir`` (default ``~/.cache/exprfast``), keyed by a has
 folder's real path, the file list, the size and the crop, and is shared by all splits. It is
 streamed into a temporary file and renamed into place, so an interrupted run never leaves a
 corrupt cache. Images edited in place keep their key: delete the cache folder to rebuild.
-Missing, truncated and non-image files are reported in a warning and skipped.
+Missing, truncated and non-image files are skipped and reported in a warning (``warn=False``
+leaves that to the caller); the dataset's ``skipped`` maps every one of them to the reason.
 (Timings: ``benchmarks/data.md``.)
 """
 
@@ -177,11 +178,13 @@ class FaceDataset(Dataset):
             present; a path uses that file; ``None`` forces the seeded split.
         cache_dir: cache folder, default ``~/.cache/exprfast``.
         workers: decoding processes when building the cache, default the CPU count (max 8).
+        warn: warn about missing and undecodable images (``skipped`` lists them either way).
 
     Items are ``(image float32 (3, size, size) in [-1, 1], attrs float32 (len(attrs),) in
     {0, 1})``. ``batch``/``iter_batches`` gather whole batches without a DataLoader.
     Attributes: ``attr_names``, ``files`` (this split's images, relative to ``image_dir``),
-    ``labels`` (float32 tensor ``(len(self), len(attr_names))``), ``cache_path``.
+    ``labels`` (float32 tensor ``(len(self), len(attr_names))``), ``cache_path``, ``skipped``
+    (``{file: reason}`` of every listed image, in any split, that is missing or undecodable).
     """
 
     def __init__(
@@ -199,6 +202,7 @@ class FaceDataset(Dataset):
         partition_file: str | os.PathLike | None = "auto",
         cache_dir: str | os.PathLike | None = None,
         workers: int | None = None,
+        warn: bool = True,
     ) -> None:
         image_dir = _existing_dir(image_dir, "image_dir")
         check_positive_int(size, "size")
@@ -218,8 +222,8 @@ class FaceDataset(Dataset):
         in_split = split_mask(files, split, _find_partition(attr_file, partition_file), seed)
 
         present = np.array([os.path.isfile(os.path.join(image_dir, f)) for f in files], dtype=bool)
-        if not present.all():
-            missing = [f for f, ok in zip(files, present) if not ok]
+        missing = [f for f, ok in zip(files, present) if not ok]
+        if missing and warn:
             _warn_files(f"are listed but missing from image_dir {image_dir}; skipped", missing)
         if not present.any():
             raise ValueError(
@@ -228,7 +232,8 @@ class FaceDataset(Dataset):
         cached_files = [f for f, ok in zip(files, present) if ok]
         self.cache_path = cached_images(image_dir, cached_files, size, crop, cache_dir, workers)
         skipped = json.loads(self.cache_path.with_suffix(".json").read_text())["skipped"]
-        if skipped:
+        self.skipped = {**{f: "missing" for f in missing}, **skipped}
+        if skipped and warn:
             _warn_files(
                 "could not be decoded; skipped", [f"{f} ({why})" for f, why in skipped.items()]
             )
@@ -323,7 +328,8 @@ def _existing_dir(path: str | os.PathLike, name: str) -> Path:
 
 
 def _warn_files(message: str, files: list[str]) -> None:
-    warnings.warn(f"{len(files)} images {message}: {_sample(files)}", stacklevel=3)
+    more = " (the dataset's .skipped lists them all)" if len(files) > _MAX_LISTED else ""
+    warnings.warn(f"{len(files)} images {message}: {_sample(files)}{more}", stacklevel=3)
 
 
 def _sample(items: list[str]) -> str:
@@ -385,11 +391,11 @@ def data_paths(data_root: str | os.PathLike | None, img_size: int,
 def open_split(data_root: str | os.PathLike | None, img_size: int, split: str, *,
                attrs: Sequence[str] | None = None, flip: bool = False, limit: int | None = None,
                cache_dir: str | os.PathLike | None = None,
-               name: str = "data_root") -> FaceDataset:
+               name: str = "data_root", warn: bool = True) -> FaceDataset:
     """The ``split`` of the faces at ``data_root`` (``data_paths``) as a ``FaceDataset``."""
     image_dir, attr_file = data_paths(data_root, img_size, name)
     return FaceDataset(image_dir, attr_file, attrs=attrs, split=split, size=img_size, flip=flip,
-                       limit=limit, cache_dir=cache_dir)
+                       limit=limit, cache_dir=cache_dir, warn=warn)
 
 
 def celebahq_paths(data_root: str | os.PathLike, img_size: int) -> tuple[Path, Path]:

@@ -1,4 +1,6 @@
 """The exprfast command: every subcommand's exit codes, output files and one-line errors."""
+import errno
+
 import pytest
 import torch
 from PIL import Image
@@ -6,7 +8,7 @@ from PIL import Image
 pytest.importorskip("cv2", reason="exprfast.editing.faces needs opencv-python-headless<5")
 
 from conftest import fake_training_checkpoint, make_celebahq, tiny_model  # noqa: E402
-from exprfast import checkpoints, editing  # noqa: E402
+from exprfast import checkpoints, cli, editing  # noqa: E402
 from exprfast.cli import main  # noqa: E402
 
 
@@ -119,3 +121,58 @@ def test_evaluate_command_reports_missing_files(tmp_path, capsys):
     assert f"model file {tmp_path / 'nope.pt'} does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", "m.pt", "--classifier", "c.pt", "-o", "o", "--limit", "0"])
+
+
+# ----------------------------------------------------------------------------- edit: hardening
+
+
+def test_edit_refuses_a_file_output_for_several_photos(model_file, tmp_path, capsys):
+    photos = [str(p) for p in editing.SAMPLE_PHOTOS]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for inputs, what in ((photos, "2 inputs"), ([str(folder)], "a folder")):
+        target = tmp_path / "x.jpg"
+        assert main(["edit", *inputs, "--set", "Smiling=1", "-o", str(target),
+                     "--model", str(model_file)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"exprfast edit: error: -o {target} is a file name but {what} were "
+                       "given; pass an output folder (e.g. -o out/)\n")
+        assert not target.exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--quality", "500", "argument --quality: must be an integer in 1..100, got 500"),
+    ("--quality", "0", "argument --quality: must be an integer in 1..100, got 0"),
+    ("--face", "-1", "argument --face: must be an integer >= 0, got -1"),
+    ("--face", "first", "argument --face: must be an integer >= 0, got 'first'"),
+])
+def test_edit_validates_quality_and_face(flag, value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edit", str(editing.SAMPLE_PHOTOS[0]), "--set", "Smiling=1", "-o",
+              str(tmp_path / "x.jpg"), flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_edit_write_errors_name_the_output_not_a_temporary_file(model_file, tmp_path,
+                                                                monkeypatch, capsys):
+    def read_only(image, fp, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", read_only)
+    source, target = editing.SAMPLE_PHOTOS[0], tmp_path / "out" / "x.jpg"
+    assert main(["edit", str(source), "--set", "Smiling=1", "-o", str(target),
+                 "--model", str(model_file)]) == 1
+    assert capsys.readouterr().err == (f"exprfast edit: error: {source}: cannot write {target}: "
+                                       "read-only file system\n")
+
+
+def test_ctrl_c_during_edit_exits_130_with_one_line(model_file, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "edit_photo", interrupted)
+    assert main(["edit", str(editing.SAMPLE_PHOTOS[0]), "--set", "Smiling=1", "-o",
+                 str(tmp_path / "out"), "--model", str(model_file)]) == 130
+    assert capsys.readouterr().err == "exprfast edit: interrupted\n"
+    assert not (tmp_path / "out").exists()

@@ -203,6 +203,13 @@ def test_missing_unreadable_and_truncated_images_are_reported_and_skipped(tmp_pa
             "2 images could not be decoded" in m and "3.jpg" in m and "5.jpg" in m for m in messages
         )
         assert dataset.files == [f"{i}.jpg" for i in range(1, N_IMAGES + 1) if i not in (3, 5, 7)]
+    # Every skipped image with its reason, also without the warnings (training lists them once).
+    assert sorted(dataset.skipped) == ["3.jpg", "5.jpg", "7.jpg"]
+    assert dataset.skipped["7.jpg"] == "missing" and "Error" in dataset.skipped["5.jpg"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = FaceDataset(image_dir, attr_file, size=8, cache_dir=tmp_path / "cache", warn=False)
+    assert quiet.skipped == dataset.skipped and quiet.files == dataset.files
 
 
 def test_cache_is_built_once_atomically_and_reused(tmp_path, monkeypatch):

@@ -1,6 +1,9 @@
 """Editing: model files, the Editor on aligned faces, whole photos and interpolation grids
 (exprfast.editing, exprfast.checkpoints)."""
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +106,24 @@ def test_edit_photo_unreadable_file(editor, tmp_path):
         editing.edit_photo(bad, {"Smiling": 1}, editor)
     with pytest.raises(FileNotFoundError):
         editing.edit_photo(tmp_path / "missing.jpg", {"Smiling": 1}, editor)
+
+
+@pytest.mark.parametrize("code, cause", [(errno.EROFS, "read-only file system"),
+                                         (errno.ENOSPC, "no space left on device")])
+def test_save_image_errors_name_the_target_and_the_cause(sample, tmp_path, monkeypatch, code,
+                                                         cause):
+    def failing_save(image, fp, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(fp))  # names the temporary file
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    target = tmp_path / "photos" / "x.jpg"
+    with pytest.raises(OSError) as error:
+        editing.save_image(sample, target)
+    assert str(error.value) == f"cannot write {target}: {cause}"
+    assert not list(target.parent.iterdir())  # no temporary file left behind
+    monkeypatch.undo()
+    editing.save_image(sample, target)  # the same call works once the folder can be written
+    assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
 
 
 # ----------------------------------------------------------------------------- model files

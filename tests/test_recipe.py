@@ -75,7 +75,7 @@ def test_frozen_reader_stops_training_after_clf_train_steps(class_faces, cache_d
 def test_resume_refuses_other_edit_loss_flags(class_faces, cache_dir, tmp_path):
     run = tmp_path / "run"
     training.train(config(class_faces, run, cache_dir, steps=2))
-    with pytest.raises(ValueError, match="--resume: the checkpoint has the reader"):
+    with pytest.raises(ValueError, match="the run was trained with --lambda-clf"):
         training.train(config(class_faces, run, cache_dir, steps=3, lambda_clf=0.0,
                               resume="auto"))
 

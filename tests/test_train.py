@@ -1,8 +1,10 @@
 """exprfast.training: a short run on real faces, exact resume, checkpoint contents, 2-process DDP
 (gloo), SIGINT, the data order, and clear errors for bad data and flags. Tiny models at 32 px."""
 import argparse
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +17,9 @@ import torch
 from PIL import Image
 
 from conftest import REAL_CELEBAHQ, REPO
-from exprfast import checkpoints, training
+from exprfast import checkpoints, files, training
 from exprfast.cli import main as cli_main
+from exprfast.files import WriteError
 from exprfast.training import trainer
 from exprfast.training.stream import BatchStream
 from exprfast.models import build
@@ -43,6 +46,11 @@ def tiny_config(data_root, run_dir, cache_dir, **changes):
         checkpoint_every=100, val_images=8, sample_images=4, progress=False,
     )
     return training.TrainConfig(**{**settings, **changes})
+
+
+def warm_cache(data_root, cache_dir):
+    """Build the image cache now, so that its progress bar stays out of a test's stderr."""
+    training.open_datasets(tiny_config(data_root, "unused", cache_dir))
 
 
 def records(run_dir, key):
@@ -284,3 +292,239 @@ def test_every_config_field_is_a_flag_with_its_default():
     config = training.config_from_args(args)
     assert config.model_overrides == {"init_fm": 8} and config.attrs == ("Smiling", "Male")
     assert config.flip is False and config.betas == (0.9, 0.99)
+
+
+# ----------------------------------------------------------------------------- hardening
+
+
+def test_stale_temp_files_of_killed_writes_are_removed_at_start(class_faces, cache_dir,
+                                                                tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stale = [".checkpoint-0000100.pt.4194303-0a1b2c3d.tmp", ".checkpoint-0000002.pt.12345.tmp",
+             ".metrics.jsonl.777-00ff00ff.tmp"]
+    unrelated = [".notes.txt.12.tmp", "mine.tmp", ".checkpoint-0000002.pt"]
+    for name in stale + unrelated:
+        (run_dir / name).write_bytes(b"partial")
+    training.train(tiny_config(class_faces, run_dir, cache_dir, steps=1))
+    left = {p.name for p in run_dir.iterdir()}
+    assert not left & set(stale) and set(unrelated) <= left
+
+
+def test_torn_or_malformed_metrics_and_resuming_a_finished_run(class_faces, cache_dir,
+                                                               tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "metrics.jsonl"
+    training.train(tiny_config(class_faces, run_dir, cache_dir, steps=2))
+    with metrics.open("a") as file:
+        file.write('{"step": 3, "recon_lo')  # killed mid-append
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its torn last line"):
+        result = training.train(tiny_config(class_faces, run_dir, cache_dir, steps=3,
+                                            resume="auto"))
+    assert result["step"] == 3
+    assert [r["step"] for r in records(run_dir, "val_recon_mse")] == [2, 3]
+
+    # Resuming the finished run changes nothing and reports its last metrics again.
+    before = metrics.read_text()
+    again = training.train(tiny_config(class_faces, run_dir, cache_dir, steps=3, resume="auto"))
+    assert metrics.read_text() == before
+    assert again["step"] == 3 and again["val_recon_mse"] == result["val_recon_mse"]
+    assert again["recon_loss"] == result["recon_loss"] and not again["interrupted"]
+
+    lines = before.splitlines()
+    metrics.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2: not a metrics record"):
+        training.train(tiny_config(class_faces, run_dir, cache_dir, steps=4, resume="auto"))
+
+
+def test_resume_auto_takes_the_run_settings_and_checks_the_model_first(class_faces, cache_dir,
+                                                                       tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flags = [*tiny_flags(class_faces, run_dir, cache_dir), "--steps", "3", "--lr", "1e-3",
+             "--lambda-lat", "0.01", "--lambda-ramp-steps", "2"]
+    assert cli_main(["train", *flags]) == 0
+    capsys.readouterr()
+    val_records = len(records(run_dir, "val_recon_mse"))
+
+    # The README's form: nothing but --resume auto and the run dir. The run is finished.
+    assert cli_main(["train", "--resume", "auto", "--run-dir", str(run_dir)]) == 0
+    captured = capsys.readouterr()
+    assert f"resumed from {run_dir / 'checkpoint-0000003.pt'} at step 3" in captured.err
+    assert json.loads(captured.out)["step"] == 3
+    assert len(records(run_dir, "val_recon_mse")) == val_records
+
+    assert cli_main(["train", "--resume", "auto", "--run-dir", str(run_dir), "--steps", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "--steps 5 (the run had 3)" in captured.err and "--lr" not in captured.err
+    config = checkpoints.load_checkpoint(run_dir / "checkpoint-0000005.pt")["train_config"]
+    assert config["lr"] == 1e-3 and config["lambda_ramp_steps"] == 2 and config["steps"] == 5
+    assert config["model_overrides"] == TINY and config["img_size"] == 32
+    assert [r["step"] for r in records(run_dir, "recon_loss")] == [1, 2, 3, 4, 5]  # log_every 1
+
+    # A flag that builds another model is refused before any image cache is built for it.
+    cached = sorted(p.name for p in Path(cache_dir).iterdir())
+    assert cli_main(["train", "--resume", "auto", "--run-dir", str(run_dir), "--steps", "6",
+                     "--img-size", "64", "--max-fm", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--img-size 64 (the run's is 32)" in err and "--max-fm 64 (the run's is 32)" in err
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in Path(cache_dir).iterdir()) == cached
+
+
+def test_explicit_options_counts_flags_given_with_their_default_value():
+    assert training.config.explicit_options(["--steps", "10000", "--no-flip", "--init-fm",
+                                             "8", "--run-dir", "r"]) == {
+        "steps", "flip", "init_fm", "run_dir"}
+    assert training.config.explicit_options([]) == frozenset()
+
+
+def test_bad_images_are_reported_once_and_listed_in_full(cache_dir, tmp_path):
+    root = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    for name in ("happy", "neutral"):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                root / name / f"{i}.png")
+    broken = [f"happy/{i}.png" for i in range(11)]
+    for name in broken:
+        (root / name).write_bytes(b"not a png")
+    run_dir = tmp_path / "run"
+    with pytest.warns(UserWarning) as caught:
+        training.train(tiny_config(root, run_dir, cache_dir, steps=1))
+    about_images = [str(w.message) for w in caught if "images" in str(w.message)]
+    assert len(about_images) == 1, about_images
+    assert "11 listed images" in about_images[0]
+    assert str(run_dir / "bad_images.txt") in about_images[0]
+    listed = (run_dir / "bad_images.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in listed) == sorted(broken)
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_saved_one(class_faces, cache_dir, tmp_path,
+                                                          monkeypatch, capsys):
+    real_save = torch.save
+    calls = []
+
+    def save(payload, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(payload, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run_dir = tmp_path / "run"
+    with pytest.raises(WriteError, match=r"cannot write .*checkpoint-0000004\.pt: no space left "
+                                         "on device"):
+        training.train(tiny_config(class_faces, run_dir, cache_dir, checkpoint_every=2))
+    assert sorted(p.name for p in run_dir.glob("*.pt*")) == ["checkpoint-0000002.pt"]
+    assert not list(run_dir.glob(".*.tmp"))
+    assert checkpoints.load_checkpoint(run_dir / "checkpoint-0000002.pt")["step"] == 2
+
+    calls.clear()
+    other = tmp_path / "cli"
+    capsys.readouterr()
+    assert cli_main(["train", *tiny_flags(class_faces, other, cache_dir), "--steps", "4",
+                     "--checkpoint-every", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("exprfast train: error: cannot write ")
+    assert err.rstrip().endswith("checkpoint-0000004.pt: no space left on device")
+
+
+@pytest.mark.parametrize("read_only, cause", [(True, "read-only file system"),
+                                              (False, "no space left on device")])
+def test_torch_stream_errors_are_named_from_the_file_system(tmp_path, monkeypatch, read_only,
+                                                            cause):
+    def failing_save(payload, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0"
+                           if read_only else "basic_ios::clear: iostream error")
+
+    stats = os.statvfs(tmp_path)
+    fake = type("Stats", (), {"f_flag": os.ST_RDONLY if read_only else 0, "f_blocks": 100,
+                              "f_bavail": 100 if read_only else 0, "f_files": 0,
+                              "f_favail": stats.f_favail})
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)
+    target = tmp_path / "c.pt"
+    with pytest.raises(WriteError, match=f"^{re.escape(f'cannot write {target}')}: {cause}$"):
+        files.atomic_torch_save({}, target)
+
+
+def test_run_dir_that_cannot_be_written_is_refused_before_training(class_faces, cache_dir,
+                                                                   tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WriteError, match=r"--run-dir .*file/run is not writable: not a dir"):
+        training.train(tiny_config(class_faces, tmp_path / "file" / "run", cache_dir))
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(files, "open", read_only, raising=False)
+    monkeypatch.setattr(training.run, "open_datasets", lambda *a, **k: pytest.fail("opened"))
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", *tiny_flags(class_faces, run_dir, cache_dir)]) == 2
+    assert capsys.readouterr().err == (f"exprfast train: error: --run-dir {run_dir} is not "
+                                       "writable: read-only file system\n")
+
+
+class _NotHandled(Exception):
+    pass
+
+
+@pytest.fixture
+def sigterm_guard():
+    """SIGTERM raises _NotHandled instead of killing pytest, should train leave it alone."""
+    def handler(signum, frame):
+        raise _NotHandled("SIGTERM reached the default handler")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_start_up_exits_with_one_line(class_faces, cache_dir, tmp_path,
+                                                    monkeypatch, capsys, sigterm_guard, signum,
+                                                    code):
+    def interrupted_open(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)
+        pytest.fail("the signal did not interrupt the start-up")
+
+    monkeypatch.setattr(training.run, "open_datasets", interrupted_open)
+    assert cli_main(["train", *tiny_flags(class_faces, tmp_path / "run", cache_dir)]) == code
+    assert capsys.readouterr().err == "exprfast train: interrupted before training started\n"
+
+
+def test_second_signal_while_saving_lets_the_save_finish(class_faces, cache_dir, tmp_path,
+                                                         monkeypatch, capsys):
+    real_save = training.run.atomic_torch_save
+
+    def save_under_signals(payload, path):
+        for _ in range(2):  # a first and a second Ctrl-C while the checkpoint is written
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        return real_save(payload, path)
+
+    monkeypatch.setattr(training.run, "atomic_torch_save", save_under_signals)
+    run_dir = tmp_path / "run"
+    warm_cache(class_faces, cache_dir)
+    capsys.readouterr()
+    assert cli_main(["train", *tiny_flags(class_faces, run_dir, cache_dir), "--steps", "4",
+                     "--checkpoint-every", "2"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted again at step 2, after saving" in err
+    assert checkpoints.load_checkpoint(run_dir / "checkpoint-0000002.pt")["step"] == 2
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(class_faces, cache_dir, tmp_path,
+                                                            capsys):
+    warm_cache(class_faces, cache_dir)
+    capsys.readouterr()
+    training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, progress=True,
+                               log_every=2, val_every=100))
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("exprfast: step")]
+    assert [line.split(":")[1] for line in lines] == [" step 2/4", " step 4/4", " step 4/4"]
+    assert "recon " in lines[0] and "img/s " in lines[0] and "val_mse " in lines[2]

@@ -205,7 +205,9 @@ def interpolation_grid(image, attr: str | Sequence[str], steps: int = 7,
 
 
 def save_image(image: Image.Image, path: str | os.PathLike, quality: int = 95) -> None:
-    """Save atomically in the format of ``path``'s suffix; JPEG drops alpha."""
+    """Save atomically in the format of ``path``'s suffix; JPEG drops alpha. A failed write
+    raises ``WriteError`` (an OSError) naming ``path`` and the cause, never the temporary
+    file."""
     path = Path(path)
     suffix = path.suffix.lower()
     options = {k: image.info[k] for k in ("icc_profile", "exif", "dpi") if k in image.info}

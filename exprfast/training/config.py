@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -13,6 +14,8 @@ from ..models import DEFAULTS as MODEL_DEFAULTS
 from ..models import PRESETS, build
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Options of the invocation itself, never taken from the checkpoint of a resumed run.
+NOT_RESUMED = ("resume", "run_dir")
 # The RGB data fixes img_channels; the other model options are training flags.
 MODEL_OPTIONS = tuple(k for k in MODEL_DEFAULTS if k != "img_channels")
 
@@ -176,7 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="folder of the logs, samples and checkpoints (default %(default)s)")
     run.add_argument("--resume", default=d.resume,
                      help="checkpoint to resume from, or 'auto' for the latest in --run-dir "
-                          "(a fresh start if there is none)")
+                          "(a fresh start if there is none); the options not given are the "
+                          "interrupted run's")
     for name, what in (("log_every", "log training metrics"),
                        ("val_every", "measure validation metrics"),
                        ("sample_every", "write a sample grid"),
@@ -190,7 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                      help="newest checkpoints kept (default %(default)s)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress,
-                     help="show a progress bar")
+                     help="show a progress bar (when stderr is not a terminal, e.g. a log "
+                          "file: a plain line every --log-every steps instead)")
 
     speed = parser.add_argument_group("speed")
     speed.add_argument("--device", default=d.device,
@@ -211,3 +216,67 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
               if f.name != "model_overrides"}
     overrides = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     return TrainConfig(**values, model_overrides=overrides)
+
+
+def explicit_options(argv: Sequence[str]) -> frozenset[str]:
+    """The options given on the command line ``argv`` (``add_arguments`` flags): their dest
+    names, i.e. ``TrainConfig`` field names and model option names (``init_fm``, ...). Parsed a
+    second time with every default suppressed, so an option given with its default value
+    counts as given."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    known, _ = parser.parse_known_args(list(argv))
+    return frozenset(vars(known))
+
+
+def resumed_config(config: TrainConfig, stored: dict,
+                   explicit: Collection[str]) -> tuple[TrainConfig, list[str]]:
+    """``config`` for resuming a run whose checkpoint holds the ``train_config`` ``stored``:
+    every option not named in ``explicit`` (see ``explicit_options``) takes the run's value,
+    except ``NOT_RESUMED``. Returns that config and the explicit options that differ from the
+    run's, as flags (``"--steps 200 (the run had 100)"``)."""
+    values = {f.name: getattr(config, f.name) for f in fields(TrainConfig)}
+    overridden = []
+    for name in values:
+        if name in NOT_RESUMED or name not in stored:
+            continue
+        old = stored[name]
+        if name == "model_overrides":
+            merged = dict(old or {})
+            for option in MODEL_OPTIONS:
+                if option in explicit and option in config.model_overrides:
+                    new = config.model_overrides[option]
+                    if merged.get(option, MODEL_DEFAULTS[option]) != new:
+                        overridden.append(_override(option, new,
+                                                    merged.get(option, MODEL_DEFAULTS[option])))
+                    merged[option] = new
+            values[name] = merged
+        elif name in explicit:
+            if _plain(old) != _plain(values[name]):
+                overridden.append(_override(name, values[name], old))
+        else:
+            values[name] = old
+    return TrainConfig(**values), overridden
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _override(name: str, new, old) -> str:
+    """E.g. ``--steps 200 (the run had 100)``, ``--no-flip (the run had --flip)``."""
+    if isinstance(new, bool):
+        return f"{_bool_flag(name, new)} (the run had {_bool_flag(name, old)})"
+    return f"{flag(name)} {_value(new)} (the run had {_value(old)})"
+
+
+def _bool_flag(name: str, value) -> str:
+    return flag(name) if value else "--no-" + name.replace("_", "-")
+
+
+def _value(value) -> str:
+    if value is None:
+        return "the default"
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

@@ -1,9 +1,12 @@
 """Rank 0's outputs of a run: ``metrics.jsonl``, TensorBoard events (when installed), the
-progress bar and the sample grids."""
+progress bar (on a terminal; elsewhere, e.g. a log file, one plain line per logged record) and
+the sample grids."""
 from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from ..files import WriteError, atomic_write, write_failure
 from .config import TrainConfig
 
 _BAR_NAMES = {"recon_loss": "recon", "adv_loss": "adv", "dis_loss": "dis", "lambda": "lambda",
@@ -19,39 +23,83 @@ _BAR_NAMES = {"recon_loss": "recon", "adv_loss": "adv", "dis_loss": "dis", "lamb
 
 
 class RunLog:
-    """Rank 0's outputs: metrics.jsonl, TensorBoard events (when installed), the progress bar.
-    Inactive on the other ranks."""
+    """Rank 0's outputs: metrics.jsonl, TensorBoard events (when installed), the progress bar
+    (when ``progress``: a tqdm bar if stderr is a terminal, else a plain line on stderr per
+    logged record). Inactive on the other ranks. ``records``: the records kept from an earlier
+    run (a resumed one), up to ``start_step``."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, start_step: int, active: bool):
         self.active = active
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.total_steps = config.steps
+        progress = active and config.progress
+        terminal = _is_terminal(sys.stderr)
+        self.plain = progress and not terminal  # a refreshing bar would flood a log file
         self.bar = tqdm(total=config.steps, initial=start_step, unit="step",
-                        desc="exprfast: training", disable=not (active and config.progress))
-        self.writer, self.latest = None, {}
+                        desc="exprfast: training", disable=not (progress and terminal))
+        self.writer, self.latest, self.records = None, {}, []
         if not active:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._drop_records_after(start_step)  # a resumed run rewrites what followed
+        self.records = self._drop_records_after(start_step)  # a resumed run rewrites what followed
         self.writer = _tensorboard_writer(run_dir)
 
-    def _drop_records_after(self, step: int) -> None:
-        if self.metrics_path.is_file():
-            lines = self.metrics_path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= step]
-            self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+    def last_record(self, step: int, key: str) -> dict | None:
+        """The last kept record of ``step`` that has ``key`` (e.g. ``val_recon_mse``)."""
+        found = [r for r in self.records if r["step"] == step and key in r]
+        return found[-1] if found else None
+
+    def _drop_records_after(self, step: int) -> list[dict]:
+        """Keep the records up to ``step``; a torn last line (a kill during an append) is
+        dropped with a warning, a malformed line elsewhere is a ValueError naming it."""
+        path = self.metrics_path
+        if not path.is_file():
+            return []
+        # A fresh run (step 0) replaces the whole log, whatever it holds.
+        lines = path.read_text(errors="replace").splitlines() if step > 0 else []
+        last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
+        kept = []
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError('not an object with an integer "step"')
+            except ValueError as error:
+                if n == last:
+                    warnings.warn(f"{path}: dropped its torn last line (the run was killed while "
+                                  f"writing it): {line[:60]!r}", stacklevel=3)
+                    continue
+                raise ValueError(f"{path}, line {n + 1}: not a metrics record ({error}); delete "
+                                 "or fix that line, then resume again") from None
+            if record["step"] <= step:
+                kept.append(record)
+        atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n"
+                                                              for r in kept)))
+        return kept
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.active:
             return
-        with self.metrics_path.open("a") as file:
-            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        try:
+            with self.metrics_path.open("a") as file:
+                file.write(json.dumps({"step": step, **metrics}) + "\n")
+        except OSError as error:  # e.g. the disk is full: one line naming the file
+            raise WriteError(self.metrics_path, write_failure(error, self.run_dir),
+                             error.errno) from error
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(name, value, step)
         self.latest.update((_BAR_NAMES[k], f"{v:.3g}") for k, v in metrics.items()
                            if k in _BAR_NAMES)
         self.bar.set_postfix(self.latest, refresh=False)
+        if self.plain:
+            shown = ", ".join(f"{_BAR_NAMES[k]} {v:.4g}" for k, v in metrics.items()
+                              if k in _BAR_NAMES)
+            print(f"exprfast: step {step}/{self.total_steps}: {shown}", file=sys.stderr,
+                  flush=True)
 
     def save_image(self, grid: torch.Tensor, step: int) -> None:
         if self.active:
@@ -61,6 +109,13 @@ class RunLog:
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _tensorboard_writer(run_dir: Path):
@@ -101,5 +156,4 @@ def save_image_grid(grid: torch.Tensor, path: str | os.PathLike, pad: int = 2) -
                                                   columns * (width + pad))
     canvas = F.pad(canvas, (0, pad, 0, pad), value=1.0)
     pixels = ((canvas + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))

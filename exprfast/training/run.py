@@ -4,9 +4,21 @@
 on SIGINT/SIGTERM, the last ``keep_checkpoints`` kept) hold only tensors and plain data: the model
 config (``build(**model_config)`` rebuilds it), the state_dicts of the model, the optimizers and
 the fp16 grad scaler, the step, every rank's RNG states (torch, CUDA, numpy, python ``random``) and
-the data order state (``exprfast.checkpoints`` reads them). A signal lets the step in flight
-finish, saves, and makes ``train`` return with ``interrupted: True``; a second signal interrupts
-at once.
+the data order state (``exprfast.checkpoints`` reads them). Their temporary files, left by a
+write killed mid-way, are removed when a run starts. A checkpoint that cannot be written (disk
+full, read-only folder) raises ``WriteError`` naming it and the cause; the run dir is checked
+for writing before training starts, and nothing saved before is ever lost.
+
+**Resume** (``resume``: a checkpoint, or "auto": the latest in ``run_dir``) continues exactly
+where the checkpoint left off. ``train(config, explicit)``: every option not in ``explicit``
+(the ones given on the command line) is the interrupted run's, from the checkpoint's
+``train_config``; the model options must match its model, checked before any data is read.
+
+**Signals** (SIGINT, SIGTERM). Before training starts (checkpoint, data, model), one raises
+``Interrupted`` ("interrupted before training started"). In the loop, the first one lets the
+step in flight finish, saves, and makes ``train`` return with ``interrupted: True``; a second
+one raises ``Interrupted`` at once, or, while a checkpoint is being saved, right after the
+save completes.
 
 **Distributed.** Under ``torchrun --nproc-per-node N`` each rank trains on its share (every N-th
 sample) of every batch, with DDP over gloo (CPU) or nccl (CUDA); ``batch_size`` is the global
@@ -18,76 +30,181 @@ logs, samples and checkpoints.
 **Outputs** in ``run_dir``: ``metrics.jsonl`` (one JSON object per logged step: training means over
 the last ``log_every`` steps, or validation metrics), TensorBoard events when ``tensorboard`` is
 installed, ``samples/step-<step>.png`` (rows: validation faces; columns: original |
-reconstruction | each attribute flipped), the checkpoints and ``result.json`` (what ``train``
-returns). ``samples_per_s`` counts the images of the autoencoder update (``batch_size`` per step).
+reconstruction | each attribute flipped), the checkpoints, ``result.json`` (what ``train``
+returns) and ``bad_images.txt`` (the listed images that are missing or undecodable, when
+any). ``samples_per_s`` counts the images of the autoencoder update (``batch_size`` per step).
 """
 from __future__ import annotations
 
-import contextlib
-import gc
-import hashlib
 import json
-import os
-import signal
-import threading
+import re
+import sys
 import time
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
 from ..checkpoints import checkpoint_path, list_checkpoints, load_checkpoint
+from ..checks import flag
 from ..data import FaceDataset, open_split
-from ..files import atomic_torch_save
-from .config import TrainConfig
+from ..files import atomic_torch_save, atomic_write, check_writable, temp_files
+from ..models import build
+from .config import TrainConfig, resumed_config
+from .distributed import any_rank, env_rank, gather, parameter_digest, process_group, resolve_device
 from .logs import RunLog, Window
+from .signals import Interrupted, Signals
 from .stream import rng_state, seed_rngs, set_rng_state
 from .trainer import Trainer
 
+BAD_IMAGES = "bad_images.txt"
+# Files of a run dir written atomically, whose temporary files a killed write leaves behind.
+_ATOMIC_FILES = re.compile(r"checkpoint-\d+\.pt|metrics\.jsonl|result\.json|bad_images\.txt")
+_SHOWN_BAD_IMAGES = 3  # names in the warning; bad_images.txt lists them all
 
-def open_datasets(config: TrainConfig) -> tuple[FaceDataset, FaceDataset]:
-    """The train (flipped if ``config.flip``) and val splits."""
+
+def open_datasets(config: TrainConfig, warn: bool = True) -> tuple[FaceDataset, FaceDataset]:
+    """The train (flipped if ``config.flip``) and val splits; ``warn``: about missing and
+    undecodable images (both splits' ``skipped`` list them either way)."""
     common = dict(attrs=config.attrs, limit=config.limit, cache_dir=config.cache_dir,
-                  name="--data-root")
+                  name="--data-root", warn=warn)
     return (open_split(config.data_root, config.img_size, "train", flip=config.flip, **common),
             open_split(config.data_root, config.img_size, "val", **common))
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, explicit: Collection[str] | None = None) -> dict:
     """Train a model as ``config`` says (see the module docstring); returns the final metrics:
     ``step``, the last logged training means, ``val_recon_mse``, ``val_dis_acc``,
     ``interrupted``, ``checkpoint``, ``run_dir``, ``seconds`` (and ``ranks_agree`` under DDP:
-    whether every rank ended with the same parameters). The same dict on every rank."""
-    device = _resolve_device(config)
-    train_set, val_set = open_datasets(config)
-    with _process_group(device) as (rank, world_size):
-        return _train_in_group(config, train_set, val_set, device, rank, world_size)
+    whether every rank ended with the same parameters). The same dict on every rank.
+
+    ``explicit``: when resuming, the option names (``config.explicit_options``) that override
+    the interrupted run's settings; every other option is the run's. None: ``config`` as it is.
+    Raises ValueError / FileNotFoundError for bad options or data, ``WriteError`` when the run
+    dir or a checkpoint cannot be written, ``Interrupted`` (see the module docstring)."""
+    rank = env_rank()
+    with Signals() as signals:
+        resume, checkpoint = _resume_path(config), None
+        if resume is not None:
+            checkpoint = load_checkpoint(resume)
+            overridden = []
+            if explicit is not None:
+                config, overridden = _resumed_config(config, checkpoint, explicit)
+            _check_resumable(config, checkpoint, resume)  # before any image cache is built
+            if rank == 0:
+                if overridden:
+                    print(f"resume: flags given override the run's: {', '.join(overridden)}",
+                          file=sys.stderr)
+                print(f"resumed from {resume} at step {checkpoint['step']}", file=sys.stderr)
+        _prepare_run_dir(config, rank)
+        device = resolve_device(config)
+        train_set, val_set = open_datasets(config, warn=False)
+        if rank == 0:
+            _report_bad_images(Path(config.run_dir), train_set, val_set)
+        loaded = [checkpoint]  # emptied once restored, so that its tensors are freed
+        del checkpoint
+        with process_group(device) as (rank, world_size):
+            return _train_in_group(config, train_set, val_set, device, rank, world_size,
+                                   resume, loaded, signals)
 
 
-def _train_in_group(config, train_set, val_set, device, rank, world_size) -> dict:
+def _resumed_config(config: TrainConfig, checkpoint: dict,
+                    explicit: Collection[str]) -> tuple[TrainConfig, list[str]]:
+    """``resumed_config`` with the checkpoint's ``train_config`` (if it has one)."""
+    stored = checkpoint.get("train_config")
+    if not isinstance(stored, dict):
+        return config, []
+    try:
+        return resumed_config(config, stored, explicit)
+    except ValueError as error:
+        raise ValueError(f"--resume: the run's options with the flags given: {error}") from None
+
+
+def _check_resumable(config: TrainConfig, checkpoint: dict, path: Path) -> None:
+    """ValueError unless ``config`` builds the checkpoint's model and edit-loss parts."""
+    stored = checkpoint.get("model_config")
+    if isinstance(stored, dict):
+        attrs = config.attrs or stored.get("attrs") or ("attr",)
+        with torch.device("meta"):
+            built = build(config.preset, config.img_size, attrs, **config.model_overrides).config
+        mismatched = [f"{flag(k)} {_shown(built[k])} (the run's is {_shown(v)})"
+                      for k, v in stored.items() if k in built and _shown(built[k]) != _shown(v)]
+        if mismatched:
+            raise ValueError(f"--resume {path}: these flags build another model than the "
+                             f"checkpoint's: {', '.join(mismatched)}; drop or fix them, or start "
+                             "a new run in another --run-dir")
+    for part, option in (("reader", "lambda_clf"), ("patch", "lambda_patch")):
+        if (getattr(config, option) > 0) != (part in checkpoint):
+            raise ValueError(f"--resume {path}: the run was trained "
+                             f"{'with' if part in checkpoint else 'without'} {flag(option)}; "
+                             f"resume with the run's {flag(option)}")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _prepare_run_dir(config: TrainConfig, rank: int) -> None:
+    """Check that the run dir can be written (every rank: each may fail alone), then (rank 0)
+    remove the temporary files of writes killed mid-way."""
+    run_dir = check_writable(config.run_dir, "--run-dir")
+    if rank != 0:
+        return
+    # Every such file goes, whatever process wrote it: a run dir belongs to one run, whose
+    # rank 0 alone writes these files and has not started to. Whether the writer's pid is alive
+    # would prove nothing anyway: pids are reused, and differ between the machines and
+    # containers that may share the folder.
+    for stale in temp_files(run_dir, _ATOMIC_FILES):
+        stale.unlink(missing_ok=True)
+
+
+def _report_bad_images(run_dir: Path, *datasets: FaceDataset) -> None:
+    """One warning for the missing and undecodable images of all ``datasets`` (the splits
+    share one list), every one of them in ``run_dir/bad_images.txt``."""
+    skipped = {}
+    for dataset in datasets:
+        skipped.update(dataset.skipped)
+    path = run_dir / BAD_IMAGES
+    if not skipped:
+        path.unlink(missing_ok=True)  # from an earlier run
+        return
+    lines = "".join(f"{name}\t{why}\n" for name, why in sorted(skipped.items()))
+    atomic_write(path, lambda tmp: tmp.write_text(lines))
+    shown = ", ".join(sorted(skipped)[:_SHOWN_BAD_IMAGES])
+    more = ", ..." if len(skipped) > _SHOWN_BAD_IMAGES else ""
+    warnings.warn(f"{len(skipped)} listed images are missing or could not be decoded and were "
+                  f"skipped ({shown}{more}): all of them, with the reasons, in {path}",
+                  stacklevel=3)
+
+
+def _train_in_group(config, train_set, val_set, device, rank, world_size, resume, loaded,
+                    signals) -> dict:
     """The body of ``train`` inside the process group. A function of its own so that the trainer
     (whose DDP reducer holds the group) is freed before the group is destroyed."""
     trainer = Trainer(config, train_set, device, rank, world_size)
-    resume = _resume_path(config)
-    if resume is not None:
-        _restore(trainer, load_checkpoint(resume, device), rank, world_size, device)
+    resumed, checkpoint = None, loaded.pop()
+    if checkpoint is not None:
+        _restore(trainer, checkpoint, rank, world_size, device)
+        if Path(resume).resolve().parent == Path(config.run_dir).resolve():
+            resumed = _Saved(trainer.step, Path(resume))  # the state saved at the start step
     elif rank == 0 and list_checkpoints(config.run_dir):
         warnings.warn(f"--run-dir {config.run_dir} holds checkpoints of an earlier run; this "
                       "fresh run will replace them (--resume auto continues it)", stacklevel=2)
+    del checkpoint
     log = RunLog(Path(config.run_dir), config, trainer.step, active=rank == 0)
     try:
-        result = _loop(trainer, log, val_set, world_size)
+        result = _loop(trainer, log, val_set, world_size, signals, resumed)
     finally:
         log.close()
     if world_size > 1:
-        result["ranks_agree"] = len(set(_gather(_parameter_digest(trainer.model),
+        result["ranks_agree"] = len(set(gather(parameter_digest(trainer.model),
                                                 world_size))) == 1
-        result = _gather(result, world_size)[0]  # rank 0's, which has the validation
+        result = gather(result, world_size)[0]  # rank 0's, which has the validation
     if rank == 0:
-        (Path(config.run_dir) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        text = json.dumps(result, indent=2) + "\n"
+        atomic_write(Path(config.run_dir) / "result.json", lambda tmp: tmp.write_text(text))
     return result
 
 
@@ -101,37 +218,46 @@ def _restore(trainer: Trainer, checkpoint: dict, rank: int, world_size: int,
         seed_rngs(trainer.config.seed + trainer.step, rank)
 
 
-def _loop(trainer: Trainer, log: RunLog, val_set: FaceDataset, world_size: int) -> dict:
+def _loop(trainer: Trainer, log: RunLog, val_set: FaceDataset, world_size: int,
+          signals: Signals, resumed: _Saved | None) -> dict:
     config, start = trainer.config, time.perf_counter()
-    window, train_means, val, val_step, saved = Window(), {}, {}, None, None
-    with _StopRequest() as stop:
-        while trainer.step < config.steps and not stop.requested:
-            step_start = time.perf_counter()
-            metrics = trainer.train_step()
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize(trainer.device)  # so the step time is the GPU's too
-            window.add(metrics, time.perf_counter() - step_start)
-            log.bar.update()
-            step = trainer.step
-            if step % config.log_every == 0:
-                train_means = window.means(config.batch_size)
-                log.write(step, train_means)
-            if step % config.val_every == 0 and log.active:
-                val, val_step = trainer.validate(val_set, config.val_images), step
-                log.write(step, val)
-            if step % config.sample_every == 0 and log.active:
-                log.save_image(trainer.sample_grid(val_set, config.sample_images), step)
-            stop.requested = _any_rank(stop.signal is not None, world_size, trainer.device)
-            if stop.requested or step % config.checkpoint_every == 0:
-                saved = _checkpoint(trainer, world_size, log.active)
-        if saved is None or saved.step != trainer.step:  # the final state
-            saved = _checkpoint(trainer, world_size, log.active)
+    window, train_means, val, val_step, saved = Window(), {}, {}, None, resumed
+    if resumed is not None:  # what the log holds of the start step (all, for a finished run)
+        means = [r for r in log.records if "recon_loss" in r]
+        train_means = {k: v for k, v in means[-1].items() if k != "step"} if means else {}
+        kept = log.last_record(trainer.step, "val_recon_mse")
+        if kept is not None:
+            val, val_step = {k: v for k, v in kept.items() if k != "step"}, trainer.step
+    stop = False
+    signals.start_training()
+    while trainer.step < config.steps and not stop:
+        step_start = time.perf_counter()
+        metrics = trainer.train_step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)  # so the step time is the GPU's too
+        window.add(metrics, time.perf_counter() - step_start)
+        log.bar.update()
+        step = trainer.step
+        if step % config.log_every == 0:
+            train_means = window.means(config.batch_size)
+            log.write(step, train_means)
+        if step % config.val_every == 0 and log.active:
+            val, val_step = trainer.validate(val_set, config.val_images), step
+            log.write(step, val)
+        if step % config.sample_every == 0 and log.active:
+            log.save_image(trainer.sample_grid(val_set, config.sample_images), step)
+        stop = any_rank(signals.signal is not None, world_size, trainer.device)
+        if stop or step % config.checkpoint_every == 0:
+            saved = _save(trainer, world_size, log.active, signals)
+    if saved is None or saved.step != trainer.step:  # the final state
+        saved = _save(trainer, world_size, log.active, signals)
+    signals.saved = saved  # from here a signal stops at once: nothing unsaved is lost
     if window.steps:
         train_means = window.means(config.batch_size)
     if log.active and val_step != trainer.step:
         val = trainer.validate(val_set, config.val_images)
         log.write(trainer.step, val)
-    return {"step": trainer.step, **train_means, **val, "interrupted": stop.requested,
+    return {"step": trainer.step, **train_means, **val, "interrupted": stop,
             "checkpoint": str(saved.path), "run_dir": config.run_dir,
             "seconds": round(time.perf_counter() - start, 2)}
 
@@ -141,10 +267,21 @@ class _Saved(NamedTuple):
     path: Path
 
 
+def _save(trainer: Trainer, world_size: int, write: bool, signals: Signals) -> _Saved:
+    """``_checkpoint`` with signals deferred until it is written; then a second signal that
+    came meanwhile raises ``Interrupted``."""
+    with signals.deferred():
+        saved = _checkpoint(trainer, world_size, write)
+    if signals.pending is not None:
+        raise Interrupted(signals.pending, f"interrupted again at step {saved.step}, after "
+                          f"saving {saved.path}; resume with --resume auto")
+    return saved
+
+
 def _checkpoint(trainer: Trainer, world_size: int, write: bool) -> _Saved:
     """Save (rank 0) a checkpoint with every rank's RNG states; drop the oldest beyond
     ``keep_checkpoints``. Collective under DDP."""
-    states = _gather(rng_state(trainer.device), world_size)
+    states = gather(rng_state(trainer.device), world_size)
     path = checkpoint_path(trainer.config.run_dir, trainer.step)
     if write:
         atomic_torch_save({**trainer.state_dict(), "rng": states}, path)
@@ -163,93 +300,3 @@ def _resume_path(config: TrainConfig) -> Path | None:
     if not path.is_file():
         raise ValueError(f"--resume {path} is not an existing checkpoint file")
     return path
-
-
-class _StopRequest:
-    """While active, SIGINT and SIGTERM only set ``signal``: the loop finishes the step in
-    flight, saves and returns (``requested``: a signal reached any rank). The first signal puts
-    the previous handlers back, so a second one interrupts at once."""
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.signal, self.requested, self._previous = None, False, {}
-        if threading.current_thread() is threading.main_thread():  # handlers live there only
-            self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-        self._restore()
-
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", 0))
-
-
-def _resolve_device(config: TrainConfig) -> torch.device:
-    name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a torch device: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if config.precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device (autocast + grad scaler); use "
-                         "bf16 on the CPU")
-    return device
-
-
-@contextlib.contextmanager
-def _process_group(device: torch.device):
-    """Joins the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1;
-    yields ``(rank, world_size)``."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size == 1 or dist.is_initialized():
-        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield dist.get_rank(), dist.get_world_size()
-    finally:
-        # Free what still holds the group (DDP reducers sit in reference cycles) first: a group
-        # destroyed later, at interpreter exit, aborts the process ("terminate called without an
-        # active exception").
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
-    if world_size == 1:
-        return flag
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def _gather(obj, world_size: int) -> list:
-    if world_size == 1:
-        return [obj]
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _parameter_digest(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for p in model.parameters():
-        digest.update(p.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
