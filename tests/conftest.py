@@ -22,6 +22,19 @@ needs_london = pytest.mark.skipif(not REAL_LONDON.is_dir(),
                                   reason=f"London faces not found at {REAL_LONDON}")
 
 
+# Small training models (init_fm, max_fm, dis_hidden), as TrainConfig.model_overrides.
+TINY = {"init_fm": 8, "max_fm": 32, "dis_hidden": 64}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and then do not fight other jobs for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cuda_skip_reason():
     import exprfast
 

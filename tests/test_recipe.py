@@ -5,18 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import TINY, tiny_model
 from exprfast import checkpoints, editing, models, training
 
-TINY = {"init_fm": 8, "max_fm": 32, "dis_hidden": 64}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(data_root, run_dir, cache_dir, **changes):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REAL_CELEBAHQ, REPO
+from conftest import REAL_CELEBAHQ, REPO, TINY
 from exprfast import checkpoints, files, training
 from exprfast.cli import main as cli_main
 from exprfast.files import WriteError
@@ -25,18 +25,9 @@ from exprfast.training.stream import BatchStream
 from exprfast.models import build
 
 SCRIPT = REPO / "scripts" / "train_fast.py"
-TINY = {"init_fm": 8, "max_fm": 32, "dis_hidden": 64}
 TINY_FLAGS = ["--init-fm", "8", "--max-fm", "32", "--dis-hidden", "64"]
-# Tiny models run fastest on one thread, and then do not fight other jobs for the cores.
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(data_root, run_dir, cache_dir, **changes):

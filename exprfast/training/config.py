@@ -163,16 +163,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     edits = parser.add_argument_group(
         "edit losses (default off: the paper's recipe; both ramp like --lambda-lat)")
-    edits.add_argument("--lambda-clf", type=float, default=d.lambda_clf,
-                       help="weight of the attribute-classification loss on decode(z, flipped) "
-                            "(AttGAN); its classifier, an AttributeReader, trains on the real "
-                            "faces and goes into exported model files (e.g. 0.05)")
-    edits.add_argument("--clf-train-steps", type=int, default=d.clf_train_steps,
-                       help="train the reader only during the first N steps, then freeze it "
-                            "(Fader's pretrained classifier); default: all along (AttGAN)")
-    edits.add_argument("--lambda-patch", type=float, default=d.lambda_patch,
-                       help="weight of a PatchGAN critic's least-squares loss on "
-                            "decode(z, flipped), for sharper edits (e.g. 0.01)")
+    for name, kind, text in (
+            ("lambda_clf", float, "weight of the attribute-classification loss on "
+                                  "decode(z, flipped) (AttGAN); its classifier, an "
+                                  "AttributeReader, trains on the real faces and goes into "
+                                  "exported model files (e.g. 0.05)"),
+            ("clf_train_steps", int, "train the reader only during the first N steps, then "
+                                     "freeze it (Fader's pretrained classifier); default: all "
+                                     "along (AttGAN)"),
+            ("lambda_patch", float, "weight of a PatchGAN critic's least-squares loss on "
+                                    "decode(z, flipped), for sharper edits (e.g. 0.01)")):
+        edits.add_argument(flag(name), type=kind, default=getattr(d, name), help=text)
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
