@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import training
+from . import studio, training
 from .checkpoints import load_classifier, load_model, save_model
 from .checks import IMAGE_SUFFIXES, one_line
 from .data import DEFAULT_ATTRS, SPLITS
@@ -379,6 +379,8 @@ _COMMANDS = (
      _add_evaluate, _run_evaluate),
     ("train-classifier", "train the attribute classifier (the judge) that evaluate uses",
      _add_train_classifier, _run_train_classifier),
+    ("studio", "a local web page with attribute sliders (pip install \"exprfast[studio]\")",
+     studio.add_arguments, studio.run),
 )
 
 

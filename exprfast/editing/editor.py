@@ -163,13 +163,29 @@ class Editor:
             for name, value in changes.items():
                 target[:, self.attrs.index(name)] = value
             decoded = self.model.decode(z, target)
-            if residual:
-                delta = decoded - self.model.decode(z, base)
-                out = full[start:start + _BATCH] + _resize(delta, full.shape[-1])
-            else:
-                out = _resize(decoded, full.shape[-1])
-            outputs.append(out.clamp_(-1, 1))
+            current_decoded = self.model.decode(z, base) if residual else None
+            outputs.append(self.compose(full[start:start + _BATCH], decoded, current_decoded))
         return restore(torch.cat(outputs))
+
+    @torch.inference_mode()
+    def compose(self, images: torch.Tensor, decoded: torch.Tensor,
+                current_decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """The last step of ``edit``: the edited faces from the model's decodings.
+
+        images: the faces, float ``(N, 3, S, S)`` in [-1, 1] on the model's device.
+        decoded: ``decode(z, new values)`` of their latents, ``(N, 3, img_size, img_size)``.
+        current_decoded: ``decode(z, current values)`` (residual mode), or None (replace mode).
+
+        Returns float ``(N, 3, S, S)`` clamped to [-1, 1]: ``images + resize(decoded -
+        current_decoded)``, or ``resize(decoded)`` without ``current_decoded``. Callers that
+        re-edit the same faces keep ``z`` and ``current_decoded`` (``prepare``) and decode only
+        the new values (``exprfast.editing.PreparedPhoto``).
+        """
+        if current_decoded is None:
+            out = _resize(decoded, images.shape[-1])
+        else:
+            out = images + _resize(decoded - current_decoded, images.shape[-1])
+        return out.clamp_(-1, 1)
 
     @torch.inference_mode()
     def prepare(self, images, current: Mapping[str, float] | None = None):
