@@ -21,7 +21,7 @@ from PIL import Image
 
 from exprfast import editing
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
-from exprfast.studio import MAX_SIDE, Studio
+from exprfast.studio.state import MAX_SIDE, Studio
 
 
 def parse_args(argv):

@@ -24,7 +24,7 @@ from conftest import REPO, tiny_model
 from exprfast import studio as studio_module
 from exprfast.editing import (SAMPLE_PHOTOS, Editor, NoFaceFound, PreparedPhoto, edit_photo,
                               faces as facelib)
-from exprfast.studio import ALL_FACES, SLIDER_RANGE, Studio
+from exprfast.studio.state import ALL_FACES, SLIDER_RANGE, Studio
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -1,29 +1,10 @@
-"""``exprfast studio``: a local web page to edit a photo with one slider per attribute.
-
-Upload or drop a photo (or pick a bundled sample): every face is found and outlined, and one
-slider per model attribute starts at the model's reading of the face; the edited photo beside
-the original follows the sliders. Detection, alignment and encoding happen once per photo
-(:class:`exprfast.editing.PreparedPhoto`); a slider move only decodes and pastes. The result
-downloads in the photo's format (PNG for formats other than JPEG); an accordion makes Fader
-Networks' interpolation grid (``interpolation_grid``).
-
-The page is a `Gradio <https://gradio.app>`_ app, an optional extra (``pip install
-"exprfast[studio]"``): this module imports gradio only inside :func:`build_app` and
-:func:`run`, so ``import exprfast.studio`` (and ``exprfast --help``) works without it.
-
-:class:`Studio` is the page's logic without gradio: each handler returns a dict of the outputs
-and a ``message`` (with ``warning`` True for problems: not an image, no face, a photo too
-large); handlers never raise for bad input, so the server keeps running.
-"""
+"""The studio's logic without gradio: open a photo, render slider values, grids, downloads (see the
+package docstring)."""
 from __future__ import annotations
 
-import argparse
-import importlib
-import inspect
 import itertools
 import math
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from .checks import one_line
+from ..checks import one_line
+
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -43,7 +25,7 @@ MAX_SIDE = 2048  # larger photos are downscaled to this longer side for the stud
 MAX_PIXELS = 50_000_000  # larger photos are refused (use `exprfast edit`)
 MAX_FILE_SIZE = "100mb"  # uploads above this are refused by the server
 ALL_FACES = "All faces"
-_INSTALL = 'pip install "exprfast[studio]"'
+INSTALL_HINT = 'pip install "exprfast[studio]"'
 
 
 def face_choices(count: int) -> list[str]:
@@ -97,7 +79,7 @@ class Studio:
         face 1's reading (the largest face). Outputs: ``state`` (a :class:`Loaded` or None),
         ``original`` (outlined preview), ``edited``, ``faces`` (choices), ``face``, ``values``
         (one per attribute), ``download`` (a file path), ``message``, ``warning``."""
-        from .editing import NoFaceFound, PreparedPhoto
+        from ..editing import NoFaceFound, PreparedPhoto
 
         if source is None or source == "":
             return self._failed("Upload or drop a photo, or pick a sample.", warning=False)
@@ -259,7 +241,7 @@ class Studio:
         return {"edited": _preview(image), "download": self._save(state, image)}
 
     def _save(self, state: Loaded, image: Image.Image) -> str:
-        from .editing import save_image
+        from ..editing import save_image
 
         stem = Path(state.name).stem or "photo"
         jpeg = Path(state.name).suffix.lower() in (".jpg", ".jpeg")
@@ -279,7 +261,7 @@ class Studio:
         """Fader Networks' interpolation grid of the chosen face (face 1 for all faces): one
         row per attribute in ``attrs``, ``steps`` values from ``low`` to ``high``; the other
         attributes at the sliders' values. Outputs ``grid``, ``message``, ``warning``."""
-        from .editing import interpolation_grid
+        from ..editing import interpolation_grid
 
         if state is None:
             return {"grid": None, "warning": True, "message": "Upload or drop a photo first."}
@@ -333,7 +315,7 @@ def _preview(image: Image.Image) -> Image.Image:
 def outline_faces(image: Image.Image, faces) -> Image.Image:
     """A copy of RGB ``image`` with each face's aligned detection square (the region the model
     sees) outlined and numbered from 1."""
-    from .editing import faces as facelib
+    from ..editing import faces as facelib
 
     out = image.copy()
     draw = ImageDraw.Draw(out)
@@ -357,228 +339,3 @@ def outline_faces(image: Image.Image, faces) -> Image.Image:
         draw.text((x + width + 2, y + width), str(number), fill=(255, 214, 0), font=font,
                   stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0))
     return out
-
-
-# ----------------------------------------------------------------------------- the page
-
-
-def build_app(studio: Studio):
-    """The studio page for ``studio`` as a ``gradio.Blocks`` (not launched)."""
-    import gradio as gr
-
-    from .editing import SAMPLE_PHOTOS
-
-    low, high = SLIDER_RANGE
-    # no "share" button (it offers to upload to Hugging Face); the preview's download button
-    # saves the JPEG preview, the Download button below the photos the full result
-    image_buttons = _options(gr.Image, buttons=["download", "fullscreen"],
-                             show_share_button=False)
-
-    def notify(out: dict) -> str:
-        if out.get("warning") and out.get("message"):
-            gr.Warning(out["message"])
-        return out.get("message", "")
-
-    def guarded(handler, empty: tuple):
-        """Any unexpected error becomes a message (the server keeps running)."""
-        def run(*args):
-            try:
-                return handler(*args)
-            except Exception as error:  # noqa: BLE001 - shown in the page instead
-                message = f"Unexpected error: {one_line(error)}"
-                gr.Warning(message)
-                return (*empty, message)
-        return run
-
-    def slider_updates(values):
-        if values is None:
-            return [gr.update() for _ in studio.attrs]
-        return [gr.update(value=v) for v in values]
-
-    with gr.Blocks(title="exprfast studio", analytics_enabled=False,
-                   delete_cache=(600, 3600)) as app:
-        state = gr.State(None)
-        gr.Markdown("## exprfast studio\nUpload or drop a photo (or pick a sample). Every face "
-                    "found is outlined; each slider sets one attribute, starting at the model's "
-                    "reading of the face (0 and 1 are the training values, beyond exaggerates).")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                upload = gr.File(label="Photo: upload or drop", file_types=["image"],
-                                 type="filepath", elem_id="photo-upload")
-                with gr.Row():
-                    samples = [gr.Button(f"Sample: {Path(p).stem}", size="sm",
-                                         elem_id=f"sample-{k}")
-                               for k, p in enumerate(SAMPLE_PHOTOS)]
-                face = gr.Radio([ALL_FACES], value=ALL_FACES, label="Edit", elem_id="face")
-                # no per-slider reset button: it would go back to 0, not to the reading
-                sliders = [gr.Slider(low, high, value=0.0, step=SLIDER_STEP, label=attr,
-                                     elem_id=f"slider-{k}",
-                                     **_options(gr.Slider, buttons=[], show_reset_button=False))
-                           for k, attr in enumerate(studio.attrs)]
-                reset = gr.Button("Reset to the photo's own values", size="sm")
-                status = gr.Textbox(label="Status", interactive=False, lines=3, elem_id="status")
-            with gr.Column(scale=3):
-                with gr.Row():
-                    original = gr.Image(label="Original (faces outlined)", type="pil",
-                                        format="jpeg", interactive=False, elem_id="original",
-                                        **image_buttons)
-                    edited = gr.Image(label="Edited", type="pil", format="jpeg",
-                                      interactive=False, elem_id="edited", **image_buttons)
-                download = gr.DownloadButton("Download the edited photo", elem_id="download")
-        with gr.Accordion("Interpolation grid (Fader Networks' figure)", open=False,
-                          elem_id="grid-panel"):
-            with gr.Row():
-                grid_attrs = gr.CheckboxGroup(list(studio.attrs), value=list(studio.attrs),
-                                              label="Rows: attributes to sweep")
-                steps = gr.Slider(2, 15, value=7, step=1, label="Steps")
-                grid_low = gr.Number(GRID_RANGE[0], label="From")
-                grid_high = gr.Number(GRID_RANGE[1], label="To")
-            make_grid = gr.Button("Make the grid", elem_id="make-grid")
-            grid = gr.Image(label="Grid: the aligned face, then the sweep", type="pil",
-                            format="png", interactive=False, elem_id="grid", **image_buttons)
-
-        open_outputs = [state, original, edited, face, *sliders, download, status]
-
-        def on_open(source):
-            out = studio.open(source)
-            message = notify(out)
-            return (out["state"], out["original"], out["edited"],
-                    gr.update(choices=out["faces"], value=out["face"]),
-                    *slider_updates(out["values"]), out["download"], message)
-
-        open_empty = (None, None, None, gr.update(), *[gr.update() for _ in studio.attrs], None)
-        upload.upload(guarded(on_open, open_empty), upload, open_outputs)
-        for button, path in zip(samples, SAMPLE_PHOTOS):
-            button.click(guarded(lambda path=path: on_open(str(path)), open_empty), None,
-                         open_outputs)
-
-        def on_face(loaded, choice):
-            out = studio.choose_face(loaded, choice)
-            message = notify(out)
-            return (*slider_updates(out["values"]), out["edited"], out["download"], message)
-
-        face_outputs = [*sliders, edited, download, status]
-        face_empty = (*[gr.update() for _ in studio.attrs], gr.update(), gr.update())
-        face.input(guarded(on_face, face_empty), [state, face], face_outputs)
-        reset.click(guarded(on_face, face_empty), [state, face], face_outputs)
-
-        def on_slide(loaded, choice, *values):
-            out = studio.render(loaded, choice, *values)
-            message = notify(out)
-            return (gr.update() if out["edited"] is None else out["edited"], message)
-
-        def on_release(loaded, choice, *values):
-            out = studio.download(loaded, choice, *values)
-            message = notify(out)
-            return (gr.update() if out["download"] is None else out["download"],
-                    message or gr.update())
-
-        for slider in sliders:
-            slider.input(guarded(on_slide, (gr.update(),)), [state, face, *sliders],
-                         [edited, status], trigger_mode="always_last", show_progress="hidden")
-            slider.release(guarded(on_release, (gr.update(),)), [state, face, *sliders],
-                           [download, status], trigger_mode="always_last",
-                           show_progress="hidden")
-
-        def on_grid(loaded, choice, attrs, n, a, b, *values):
-            out = studio.grid(loaded, choice, attrs, n, a, b, *values)
-            message = notify(out)
-            return (gr.update() if out["grid"] is None else out["grid"], message)
-
-        make_grid.click(guarded(on_grid, (gr.update(),)),
-                        [state, face, grid_attrs, steps, grid_low, grid_high, *sliders],
-                        [grid, status])
-    return app
-
-
-def _options(component, **options) -> dict:
-    """The ``options`` that this gradio version's ``component`` takes (names differ between
-    gradio 5 and 6, e.g. ``show_share_button=False`` became ``buttons=[...]``)."""
-    parameters = inspect.signature(component.__init__).parameters
-    return {name: value for name, value in options.items() if name in parameters}
-
-
-# ----------------------------------------------------------------------------- the command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``exprfast studio``."""
-    parser.description = (
-        "A local web page to edit a photo with one slider per attribute (needs the studio "
-        f"extra: {_INSTALL}). It listens on {DEFAULT_HOST} (this computer only) unless --host "
-        "says otherwise.")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="model file (default: the bundled model)")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
-                        help=f"port to listen on (default {DEFAULT_PORT})")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default {DEFAULT_HOST}: this computer "
-                             "only; 0.0.0.0 exposes the page to your network, see the README)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--max-side", type=_max_side, default=MAX_SIDE,
-                        help=f"photos with a longer side are downscaled to it (default "
-                             f"{MAX_SIDE})")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``exprfast studio``: serves the page until interrupted. 2 without gradio, for a bad
-    model file or a port that cannot be opened."""
-    try:
-        importlib.import_module("gradio")
-    except ImportError:
-        print(f"exprfast studio: error: the studio needs Gradio: {_INSTALL}", file=sys.stderr)
-        return 2
-    from .editing import load
-
-    try:
-        editor = load(args.model, device=args.device)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"exprfast studio: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    app = build_app(Studio(editor, max_side=args.max_side))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"exprfast studio: warning: listening on {args.host}: anyone who can reach this "
-              "address can use the page and upload files to it (no password, no encryption)",
-              file=sys.stderr)
-    try:
-        app.queue(default_concurrency_limit=1).launch(
-            server_name=args.host, server_port=args.port, share=False, quiet=True,
-            show_error=True, ssr_mode=False, max_file_size=MAX_FILE_SIZE,
-            prevent_thread_lock=True)
-    except OSError as error:
-        print(f"exprfast studio: error: cannot listen on {args.host}:{args.port}: "
-              f"{one_line(error).split('. ')[0]}", file=sys.stderr)
-        return 2
-    print(f"exprfast studio: http://{_url_host(args.host)}:{args.port} (Ctrl+C to stop)",
-          flush=True)
-    try:
-        app.block_thread()  # until Ctrl+C (gradio then closes the server)
-    finally:
-        app.close()
-    return 0
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
-def _max_side(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 64:
-        raise argparse.ArgumentTypeError(f"must be at least 64, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 1..65535, got {value}")
-    return value
