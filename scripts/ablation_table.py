@@ -87,8 +87,8 @@ def main(argv=None):
     columns = list(rows[0])
     text = [f"# Recipe ablation at equal wall-clock ({args.budget:.0f} s of clean training)", "",
             f"128 px, Smiling, `paper` preset, bf16, batch 32, λ_lat 0.01 ramped over 500 steps "
-            f"(λ_clf 0.05 and λ_patch 0.01 ramped alike). Step times: `recipes.md` (clean, side "
-            f"by side). Test split: first {args.limit} test faces; flips read by the independent "
+            f"(λ_clf 0.05 and λ_patch 0.01 ramped alike). Step times: `recipes.json` (clean, side "
+            f"by side; s/step here is the upper median of its timed rounds). Test split: first {args.limit} test faces; flips read by the independent "
             f"judge ({args.judge.rsplit('/', 1)[-1]}: Fader's classifier, seed 7, train split "
             f"only, {percent(judge.meta['test_accuracy']['Smiling'])} on real test faces). "
             f"London: all 40 people through `edit_photo` (real photos: "
