@@ -54,10 +54,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_faces(tmp / "faces")
-        start = time.perf_counter()
         straight = subprocess.run(command(tmp / "faces", tmp / "cache", tmp / "straight",
                                           args.steps), env=env, capture_output=True, text=True)
-        full = time.perf_counter() - start
         if straight.returncode != 0:
             raise SystemExit(f"the straight run failed: {straight.stderr[-2000:]}")
         start = time.perf_counter()
@@ -74,9 +72,8 @@ def main(argv=None):
                                                args.steps), env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
             if kills < args.kills:
-                # anywhere from start-up (imports, data) to the end of what is left to train
-                left = (full - startup) * (args.steps - step) / args.steps
-                time.sleep(rng.uniform(0.3 * startup, startup + left))
+                # from mid start-up (imports, data) to a few checkpoints into training
+                time.sleep(rng.uniform(0.3 * startup, 2.0 * startup))
                 if process.poll() is None:
                     process.kill()
                     kills += 1
