@@ -281,3 +281,26 @@ def _value(value) -> str:
     if value is None:
         return "the default"
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
+                    attrs: Sequence[str] | None = None) -> None:
+    """ValueError (starting with ``where``) unless ``config`` builds the training checkpoint's
+    model and edit-loss parts; ``attrs``: the data's attribute names, once it is open (before,
+    ``config.attrs`` or the run's)."""
+    stored = checkpoint.get("model_config")
+    if isinstance(stored, dict):
+        attrs = attrs or config.attrs or stored.get("attrs") or ("attr",)
+        with torch.device("meta"):
+            built = build(config.preset, config.img_size, attrs, **config.model_overrides).config
+        mismatched = [f"{flag(k)} {_value(built[k])} (the run's is {_value(v)})"
+                      for k, v in stored.items() if k in built and _value(built[k]) != _value(v)]
+        if mismatched:
+            raise ValueError(f"{where}: these flags build another model than the "
+                             f"checkpoint's: {', '.join(mismatched)}; drop or fix them, or start "
+                             "a new run in another --run-dir")
+    for part, option in (("reader", "lambda_clf"), ("patch", "lambda_patch")):
+        if (getattr(config, option) > 0) != (part in checkpoint):
+            raise ValueError(f"{where}: the run was trained "
+                             f"{'with' if part in checkpoint else 'without'} {flag(option)}; "
+                             f"resume with the run's {flag(option)}")

@@ -48,11 +48,9 @@ from typing import NamedTuple
 import torch
 
 from ..checkpoints import checkpoint_path, list_checkpoints, load_checkpoint
-from ..checks import flag
 from ..data import FaceDataset, open_split
 from ..files import atomic_torch_save, atomic_write, check_writable, temp_files
-from ..models import build
-from .config import TrainConfig, resumed_config
+from .config import TrainConfig, check_resumable, resumed_config
 from .distributed import any_rank, env_rank, gather, parameter_digest, process_group, resolve_device
 from .logs import RunLog, Window
 from .signals import Interrupted, Signals
@@ -92,7 +90,7 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None) -> dict:
             overridden = []
             if explicit is not None:
                 config, overridden = _resumed_config(config, checkpoint, explicit)
-            _check_resumable(config, checkpoint, resume)  # before any image cache is built
+            check_resumable(config, checkpoint, f"--resume {resume}")  # before any image cache is built
             if rank == 0:
                 if overridden:
                     print(f"resume: flags given override the run's: {', '.join(overridden)}",
@@ -120,30 +118,6 @@ def _resumed_config(config: TrainConfig, checkpoint: dict,
         return resumed_config(config, stored, explicit)
     except ValueError as error:
         raise ValueError(f"--resume: the run's options with the flags given: {error}") from None
-
-
-def _check_resumable(config: TrainConfig, checkpoint: dict, path: Path) -> None:
-    """ValueError unless ``config`` builds the checkpoint's model and edit-loss parts."""
-    stored = checkpoint.get("model_config")
-    if isinstance(stored, dict):
-        attrs = config.attrs or stored.get("attrs") or ("attr",)
-        with torch.device("meta"):
-            built = build(config.preset, config.img_size, attrs, **config.model_overrides).config
-        mismatched = [f"{flag(k)} {_shown(built[k])} (the run's is {_shown(v)})"
-                      for k, v in stored.items() if k in built and _shown(built[k]) != _shown(v)]
-        if mismatched:
-            raise ValueError(f"--resume {path}: these flags build another model than the "
-                             f"checkpoint's: {', '.join(mismatched)}; drop or fix them, or start "
-                             "a new run in another --run-dir")
-    for part, option in (("reader", "lambda_clf"), ("patch", "lambda_patch")):
-        if (getattr(config, option) > 0) != (part in checkpoint):
-            raise ValueError(f"--resume {path}: the run was trained "
-                             f"{'with' if part in checkpoint else 'without'} {flag(option)}; "
-                             f"resume with the run's {flag(option)}")
-
-
-def _shown(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _prepare_run_dir(config: TrainConfig, rank: int) -> None:

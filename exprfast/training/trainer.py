@@ -40,7 +40,7 @@ from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION
 from ..data import FaceDataset
 from ..models import (AttributeReader, PatchDiscriminator, build, classifier_loss,
                       least_squares_loss)
-from .config import TrainConfig
+from .config import TrainConfig, check_resumable
 from .stream import BatchStream, seed_rngs
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -293,17 +293,7 @@ class Trainer:
         return state
 
     def load_state_dict(self, checkpoint: dict) -> None:
-        mismatched = {k: v for k, v in checkpoint["model_config"].items()
-                      if self.model.config.get(k) != v}
-        if mismatched:
-            raise ValueError(f"--resume: the checkpoint's model has {mismatched}, these flags "
-                             f"build {({k: self.model.config.get(k) for k in mismatched})}; "
-                             "pass the checkpoint's model flags")
-        for part, _ in _EXTRAS:
-            if (getattr(self, part) is None) != (part not in checkpoint):
-                raise ValueError(f"--resume: the checkpoint {'has' if part in checkpoint else 'lacks'}"
-                                 f" the {part} of --lambda-{'clf' if part == 'reader' else part}; "
-                                 "resume with the run's edit-loss flags")
+        check_resumable(self.config, checkpoint, "--resume", attrs=self.model.attrs)
         self.model.load_state_dict(checkpoint["model"])
         self.ae_optimizer.load_state_dict(checkpoint["ae_optimizer"])
         self.dis_optimizer.load_state_dict(checkpoint["dis_optimizer"])
