@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -305,8 +306,6 @@ class Trainer:
         self.step = checkpoint["step"]
         expected = self.stream.state(2 * self.step)
         if checkpoint["data"] != expected:
-            import warnings
-
             warnings.warn(f"--resume: the data order differs from the checkpoint's run "
                           f"({checkpoint['data']} vs now {expected}); training goes on with the "
                           "new order", stacklevel=2)
