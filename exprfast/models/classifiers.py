@@ -5,9 +5,9 @@
   LeakyReLU 0.2), then two linear layers. It is never used as a training loss.
 * ``AttributeReader`` is the classifier used *in* training (AttGAN's attribute-classification
   loss on ``decode(z, flipped)``) and shipped in model files to read a photo's current
-  attribute values. Its architecture differs from the judge's on purpose (no normalisation,
-  global average pooling over an 8x8 map, one linear layer), so that the judge scores edits
-  with features the model was never trained to satisfy.
+  attribute values. Its architecture differs from the judge's on purpose (global average
+  pooling over an 8x8 map, one linear layer, against the judge's 1x1 map and two linear
+  layers), so that the judge scores edits with features the model was never trained to satisfy.
 * ``PatchDiscriminator``: a small unconditional PatchGAN critic (real photo vs edited decode),
   least-squares loss, for sharper edits.
 
@@ -78,10 +78,11 @@ class AttributeClassifier(_ImageClassifier):
 
 
 class AttributeReader(_ImageClassifier):
-    """The training-time attribute classifier: 4x4 stride-2 convs with LeakyReLU 0.2 and no
-    normalisation (so train and eval mode agree, and real and decoded batches never mix
-    statistics) down to an 8x8 map (4x4 below 64 px), global average pooling, one linear
-    layer."""
+    """The training-time attribute classifier: 4x4 stride-2 convs (BatchNorm after all but the
+    first, LeakyReLU 0.2) down to an 8x8 map (4x4 below 64 px), global average pooling, one
+    linear layer. Without the BatchNorm the decoder learned to fool it with coloured stripes
+    (README, "Edits a person can see"); in training it normalises each batch, real or decoded,
+    with that batch's own statistics."""
 
     def __init__(self, img_size: int, attrs: Sequence[str], init_fm: int = 32,
                  max_fm: int = 256) -> None:
@@ -92,8 +93,9 @@ class AttributeReader(_ImageClassifier):
                        "max_fm": max_fm}
         n_layers = max(1, int(math.log2(img_size)) - (3 if img_size >= 64 else 2))
         layers, n_in, n_out = [], 3, init_fm
-        for _ in range(n_layers):
-            layers += [nn.Conv2d(n_in, n_out, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for k in range(n_layers):
+            norm = [nn.BatchNorm2d(n_out)] if k else []
+            layers += [nn.Conv2d(n_in, n_out, 4, 2, 1), *norm, nn.LeakyReLU(0.2, inplace=True)]
             n_in, n_out = n_out, min(2 * n_out, max_fm)
         self.conv_layers = nn.Sequential(*layers)
         self.head = nn.Linear(n_in, 2 * len(self.attrs))

@@ -145,9 +145,13 @@ class Trainer:
         metrics["dis_loss"], metrics["dis_acc"] = self._discriminator_update(
             *self.batch(2 * self.step))
         images, attrs = self.batch(2 * self.step + 1)
-        if self.reader is not None and (config.clf_train_steps is None
-                                        or self.step < config.clf_train_steps):
-            metrics["reader_loss"], metrics["reader_acc"] = self._reader_update(images, attrs)
+        if self.reader is not None:
+            # A frozen reader stops changing altogether (eval mode: BatchNorm statistics too);
+            # a training one normalises every batch it sees, real or decoded, by its own.
+            learning = config.clf_train_steps is None or self.step < config.clf_train_steps
+            self.reader.train(learning)
+            if learning:
+                metrics["reader_loss"], metrics["reader_acc"] = self._reader_update(images, attrs)
         x_flip = self._autoencoder_update(images, attrs, lam, ramp, metrics)
         if self.patch is not None:
             metrics["patch_dis_loss"] = self._patch_update(images, x_flip)
@@ -238,6 +242,8 @@ class Trainer:
         ``dataset`` (and, with a reader, its accuracy on their flipped decodes), eval mode
         (``train_step`` sets the modes it needs again)."""
         self.model.eval()
+        if self.reader is not None:
+            self.reader.eval()
         n = min(n_images, len(dataset))
         squared_error = hits = flip_hits = 0.0
         for start in range(0, n, self.config.batch_size):
