@@ -145,12 +145,8 @@ class Editor:
         x, restore = self._to_model_input(images)
         full = restore.tensor  # the input as float (N, 3, H, W) on the model's device
         n_attrs = len(self.attrs)
-        known = torch.full((n_attrs,), math.nan)
-        for name, value in current.items():
-            known[self.attrs.index(name)] = value
-        if not residual:  # the changed attributes' current values are not needed
-            for name, value in changes.items():
-                known[self.attrs.index(name)] = value
+        # the changed attributes' current values are not needed when not residual
+        known = self._known({**current, **({} if residual else changes)})
         outputs = []
         for start in range(0, len(x), _BATCH):
             xb = x[start:start + _BATCH]
@@ -193,11 +189,15 @@ class Editor:
         ``(N, n_attrs)`` (``current`` where given, else estimated), on the model's device."""
         current = self.check_changes(current or {})
         x, _ = self._to_model_input(images)
-        known = torch.full((len(self.attrs),), math.nan)
-        for name, value in current.items():
-            known[self.attrs.index(name)] = value
         z = self.model.encode(x)
-        return z, self._estimate(x, z, known)
+        return z, self._estimate(x, z, self._known(current))
+
+    def _known(self, values: Mapping[str, float]) -> torch.Tensor:
+        """``(n_attrs,)`` of checked ``values`` by attribute, NaN for the others (to estimate)."""
+        known = torch.full((len(self.attrs),), math.nan)
+        for name, value in values.items():
+            known[self.attrs.index(name)] = value
+        return known
 
     @torch.inference_mode()
     def decode_uint8(self, z: torch.Tensor, values: torch.Tensor) -> np.ndarray:
