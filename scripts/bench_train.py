@@ -46,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default torch's, one per core); a busy machine "
                         "makes OpenMP threads wait on each other: run it on quiet cores")
-    p.add_argument("--out", default="benchmarks", help="folder of train.md and train.json")
+    p.add_argument("--out", default="benchmarks", help="folder of the report")
+    p.add_argument("--name", default="train", help="report file name (without extension)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # one configuration, as JSON
     return p.parse_args(argv)
 
@@ -165,6 +166,11 @@ def main(argv=None):
                 row = run_job({"img_size": size, "preset": preset, "precision": precision}, argv)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+    print(f"wrote {write_train_report(args, rows)}")
+
+
+def write_train_report(args, rows):
+    """benchmarks/<name>.md and .json from the rows of every configuration."""
     memory = ("torch.cuda.max_memory_allocated" if torch.device(args.device).type == "cuda"
               else "peak RSS of the configuration's own process (getrusage ru_maxrss); baseline "
                    "= after imports and opening the data")
@@ -187,7 +193,7 @@ def main(argv=None):
     ]
     payload = {"machine": machine_description(args.device), "settings": {
         k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows}
-    print(f"wrote {write_report(args.out, 'train', 'Training throughput', sections, payload)}")
+    return write_report(args.out, args.name, "Training throughput", sections, payload)
 
 
 if __name__ == "__main__":
