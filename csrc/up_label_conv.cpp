@@ -114,10 +114,12 @@ bool use_phase_form(FoldShape s) {
   return s.O < 16;
 }
 
-// The transposed conv runs channels_last: oneDNN is about twice as fast there (see
-// benchmarks/ops.md), and the epilogue writes the caller's memory format for free.
-at::Tensor channels_last(const at::Tensor& t) {
-  return t.contiguous(at::MemoryFormat::ChannelsLast);
+// The layout the convs run in. On the CPU, the input's own: oneDNN's channels_last transposed
+// conv is the fastest of all, but converting an NCHW x (and its gradients, in and out) costs more
+// than it saves at nearly every decoder shape (benchmarks/ops_nchw.md). CUDA runs channels_last,
+// the layout its tests and benchmarks ran in (README, "What has run on a GPU").
+at::MemoryFormat conv_format(const at::Tensor& x) {
+  return x.is_cpu() ? x.suggest_memory_format() : at::MemoryFormat::ChannelsLast;
 }
 
 // One plain conv with 4*O outputs, then the epilogue interleaves the phases while adding B.
@@ -125,7 +127,7 @@ at::Tensor forward_phase_form(const Kernels& k, const Problem& p, const at::Tens
                               const at::Tensor& w, const at::Tensor& b9, at::TensorOptions out_options) {
   auto w2 = at::empty({4 * p.s.O, p.s.C, 2, 2}, w.options());
   k.fold_weight_phases(w, p.s, w2);
-  const auto z = at::conv2d(channels_last(x), w2, {}, 1, 1);
+  const auto z = at::conv2d(x.contiguous(conv_format(x)), w2, {}, 1, 1);
   auto out = at::empty({p.N, p.s.O, 2 * p.H, 2 * p.W}, out_options);
   k.shuffle_label_bias(z, b9, out);
   return out;
@@ -134,7 +136,7 @@ at::Tensor forward_phase_form(const Kernels& k, const Problem& p, const at::Tens
 at::Tensor forward_transposed_form(const Kernels& k, const Problem& p, const at::Tensor& x,
                                    const at::Tensor& w, const at::Tensor& b9,
                                    at::TensorOptions out_options) {
-  const auto y = at::conv_transpose2d(channels_last(x), fold_weight(k, w, p.s), {}, 2, 1);
+  const auto y = at::conv_transpose2d(x.contiguous(conv_format(x)), fold_weight(k, w, p.s), {}, 2, 1);
   // Add in place when y already has the caller's format, else transpose while adding.
   auto out = y.is_contiguous(*out_options.memory_format_opt()) ? y : at::empty(y.sizes(), out_options);
   k.add_label_bias(y, b9, out);
@@ -176,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> up_label_conv_backwar
   const Kernels& k = kernels_for(x);
   const auto w = weight.contiguous();
   auto conv_grads = at::convolution_backward(
-      channels_last(grad), channels_last(x), fold_weight(k, w, s), std::nullopt, {2, 2}, {1, 1},
+      grad.contiguous(conv_format(x)), x.contiguous(conv_format(x)), fold_weight(k, w, s), std::nullopt, {2, 2}, {1, 1},
       {1, 1}, /*transposed=*/true, {0, 0}, /*groups=*/1, {true, true, false});
   auto grad_x = std::get<0>(conv_grads).contiguous(x_format);
   auto grad_weight = at::empty_like(w);

@@ -114,7 +114,9 @@ class Trainer:
         self.autoencoder = self._distributed(AutoEncoder(self.model))
         self.discriminator = self._distributed(self.model.latent_discriminator)
         self.ae_params = [*self.model.encoder.parameters(), *self.model.decoder.parameters()]
-        adam = dict(lr=config.lr, betas=config.betas)
+        # fused: one kernel for all parameters (on the CPU the default is a Python loop over
+        # them); the same Adam, so checkpoints load either way.
+        adam = dict(lr=config.lr, betas=config.betas, fused=True)
         self.ae_optimizer = torch.optim.Adam(self.ae_params, **adam)
         self.dis_optimizer = torch.optim.Adam(self.model.latent_discriminator.parameters(),
                                               **adam)
