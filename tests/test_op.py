@@ -1,5 +1,4 @@
 """exprfast.up_label_conv against its pure-PyTorch definition: values, gradients, dispatch."""
-import itertools
 import random
 
 import numpy as np

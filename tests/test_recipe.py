@@ -73,6 +73,14 @@ def test_resume_refuses_other_edit_loss_flags(class_faces, cache_dir, tmp_path):
                               resume="auto"))
 
 
+def test_resume_refuses_another_reader_luminance(class_faces, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    training.train(config(class_faces, run, cache_dir, steps=2, reader_luminance=True))
+    with pytest.raises(ValueError, match="without --reader-luminance|with --reader-luminance"):
+        training.train(config(class_faces, run, cache_dir, steps=3, reader_luminance=False,
+                              resume="auto"))
+
+
 @pytest.mark.parametrize("name, value", [("lambda_clf", -1.0), ("lambda_patch", "x"),
                                          ("clf_train_steps", 0)])
 def test_bad_edit_loss_flags_are_named(name, value):
@@ -106,6 +114,22 @@ def test_patch_discriminator_scores_patches():
 
 
 # ----------------------------------------------------------------------------- model files
+
+
+def test_luminance_reader_sees_no_colour():
+    torch.manual_seed(0)
+    reader = models.AttributeReader(32, ["Smiling"], luminance=True).eval()
+    assert reader.conv_layers[0].in_channels == 1
+    x = torch.rand(2, 3, 32, 32)
+    # A per-pixel change of colour with no change of luma: orthogonal to the BT.601 weights.
+    luma = torch.tensor(models.classifiers.LUMA_WEIGHTS)
+    chroma = torch.tensor([1.0, 0.0, 0.0]) - luma * (luma[0] / luma.dot(luma))
+    recoloured = x + 0.3 * torch.rand(2, 1, 32, 32) * chroma.view(1, 3, 1, 1)
+    torch.testing.assert_close(reader(recoloured), reader(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(reader(x), reader(x.flip(-2)))  # it does see the image
+    rebuilt = models.AttributeReader(**reader.config)
+    rebuilt.load_state_dict(reader.state_dict())
+    assert rebuilt.luminance and torch.equal(rebuilt.eval()(x), reader(x))
 
 
 def test_model_file_carries_the_reader_and_the_editor_reads_with_it(tmp_path):

@@ -24,6 +24,8 @@ from torch import nn
 
 from ..checks import check_attr_names, check_img_size
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma of R, G, B
+
 
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``(N, A, 2)`` logits against ``(N, A)`` 0/1 labels, averaged over the
@@ -82,17 +84,22 @@ class AttributeReader(_ImageClassifier):
     first, LeakyReLU 0.2) down to an 8x8 map (4x4 below 64 px), global average pooling, one
     linear layer. Without the BatchNorm the decoder learned to fool it with coloured stripes
     (README, "Edits a person can see"); in training it normalises each batch, real or decoded,
-    with that batch's own statistics."""
+    with that batch's own statistics. ``luminance``: it reads only the faces' luma (BT.601), so
+    colour cannot carry the attribute for it."""
 
     def __init__(self, img_size: int, attrs: Sequence[str], init_fm: int = 32,
-                 max_fm: int = 256) -> None:
+                 max_fm: int = 256, luminance: bool = False) -> None:
         super().__init__()
         check_img_size(img_size, minimum=8)
         self.img_size, self.attrs = img_size, list(check_attr_names(attrs))
+        self.luminance = bool(luminance)
         self.config = {"img_size": img_size, "attrs": list(self.attrs), "init_fm": init_fm,
-                       "max_fm": max_fm}
+                       "max_fm": max_fm, "luminance": self.luminance}
         n_layers = max(1, int(math.log2(img_size)) - (3 if img_size >= 64 else 2))
-        layers, n_in, n_out = [], 3, init_fm
+        if self.luminance:  # not in state_dict: a constant, rebuilt from the config
+            self.register_buffer("luma", torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1),
+                                 persistent=False)
+        layers, n_in, n_out = [], 1 if self.luminance else 3, init_fm
         for k in range(n_layers):
             norm = [nn.BatchNorm2d(n_out)] if k else []
             layers += [nn.Conv2d(n_in, n_out, 4, 2, 1), *norm, nn.LeakyReLU(0.2, inplace=True)]
@@ -102,6 +109,8 @@ class AttributeReader(_ImageClassifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if self.luminance:
+            x = (x * self.luma.to(x.dtype)).sum(1, keepdim=True)
         features = self.conv_layers(x).mean((2, 3))
         return self.head(features).view(len(x), len(self.attrs), 2)
 

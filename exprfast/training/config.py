@@ -46,6 +46,7 @@ class TrainConfig:
     # edit losses (0 = off: the paper's recipe); ramped like lambda_lat
     lambda_clf: float = 0.0
     clf_train_steps: int | None = None
+    reader_luminance: bool = False
     lambda_patch: float = 0.0
     # run
     run_dir: str = "runs/train"
@@ -174,6 +175,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             ("lambda_patch", float, "weight of a PatchGAN critic's least-squares loss on "
                                     "decode(z, flipped), for sharper edits (e.g. 0.01)")):
         edits.add_argument(flag(name), type=kind, default=getattr(d, name), help=text)
+    edits.add_argument("--reader-luminance", action=argparse.BooleanOptionalAction,
+                       default=d.reader_luminance,
+                       help="the reader sees only the faces' luminance, so the decoder cannot "
+                            "please it by painting colour (README, 'Edits a person can see')")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
@@ -304,3 +309,10 @@ def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
             raise ValueError(f"{where}: the run was trained "
                              f"{'with' if part in checkpoint else 'without'} {flag(option)}; "
                              f"resume with the run's {flag(option)}")
+    reader_config = checkpoint.get("reader_config")
+    if "reader" in checkpoint and isinstance(reader_config, dict):
+        luminance = bool(reader_config.get("luminance", False))
+        if luminance != config.reader_luminance:
+            raise ValueError(f"{where}: the run's reader was trained "
+                             f"{'with' if luminance else 'without'} --reader-luminance; resume "
+                             "with the run's setting")

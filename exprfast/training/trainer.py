@@ -99,7 +99,8 @@ class Trainer:
                            **config.model_overrides).to(device)
         self.reader = self.patch = None
         if config.lambda_clf > 0:
-            self.reader = AttributeReader(config.img_size, train_set.attr_names).to(device)
+            self.reader = AttributeReader(config.img_size, train_set.attr_names,
+                                          luminance=config.reader_luminance).to(device)
         if config.lambda_patch > 0:
             self.patch = PatchDiscriminator(config.img_size).to(device)
         seed_rngs(config.seed, rank)  # dropout masks differ between ranks
