@@ -177,9 +177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> up_label_conv_backwar
   }
   const Kernels& k = kernels_for(x);
   const auto w = weight.contiguous();
+  const auto format = conv_format(x);
   auto conv_grads = at::convolution_backward(
-      grad.contiguous(conv_format(x)), x.contiguous(conv_format(x)), fold_weight(k, w, s), std::nullopt, {2, 2}, {1, 1},
-      {1, 1}, /*transposed=*/true, {0, 0}, /*groups=*/1, {true, true, false});
+      grad.contiguous(format), x.contiguous(format), fold_weight(k, w, s), std::nullopt, {2, 2},
+      {1, 1}, {1, 1}, /*transposed=*/true, {0, 0}, /*groups=*/1, {true, true, false});
   auto grad_x = std::get<0>(conv_grads).contiguous(x_format);
   auto grad_weight = at::empty_like(w);
   k.unfold_weight(std::get<1>(conv_grads).contiguous(), s, grad_weight);
