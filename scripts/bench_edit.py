@@ -14,7 +14,7 @@ from PIL import Image
 
 from exprfast import editing
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
-from exprfast.data import FaceDataset, celebahq_paths
+from exprfast.data import open_split
 
 
 def parse_args(argv):
@@ -24,7 +24,7 @@ def parse_args(argv):
     p.add_argument("--set", default="Smiling=1", help="the change applied, NAME=VALUE")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--data-root", default=None, help="CelebA-HQ root for the aligned faces")
+    p.add_argument("--data-root", default=None, help="CelebA-HQ root for the aligned faces (default ../shared/data/celebahq)")
     p.add_argument("--out", default="benchmarks")
     return p.parse_args(argv)
 
@@ -41,8 +41,7 @@ def photo_seconds(editor, photo, changes, repeat):
 
 
 def aligned_faces_per_second(editor, batch_size, changes, data_root, repeat):
-    image_dir, attr_file = celebahq_paths(data_root, editor.img_size)
-    faces = FaceDataset(image_dir, attr_file, size=editor.img_size, split="test", limit=2000)
+    faces = open_split(data_root, editor.img_size, "test", limit=2000, name="--data-root")
     batch, _ = faces.batch(torch.arange(batch_size))  # float N x 3 x H x W in [-1, 1]
     seconds = time_call(lambda: editor.edit(batch, changes), repeat=repeat)
     return batch_size / seconds
