@@ -165,3 +165,44 @@ def test_export_keeps_the_reader_of_a_training_run(class_faces, cache_dir, tmp_p
 def test_editor_refuses_a_reader_of_other_attributes():
     with pytest.raises(ValueError, match="the reader reads"):
         editing.Editor(tiny_model(), reader=models.AttributeReader(32, ["Male"]))
+
+
+def test_patch_on_reader_trains_one_shared_critic_and_resumes_exactly(class_faces, cache_dir,
+                                                                      tmp_path):
+    shared = dict(patch_on_reader=True, steps=4)
+    straight = training.train(config(class_faces, tmp_path / "a", cache_dir, **shared))
+    for key in ("patch_loss", "patch_dis_loss", "reader_loss", "clf_loss"):
+        assert np.isfinite(straight[key]), key
+    a = checkpoints.load_checkpoint(straight["checkpoint"])
+    assert "patch" not in a and a["reader_config"]["critic"]
+    assert any(name.startswith("realness.") for name in a["reader"])
+    training.train(config(class_faces, tmp_path / "b", cache_dir, **{**shared, "steps": 2}))
+    resumed = training.train(config(class_faces, tmp_path / "b", cache_dir, **shared,
+                                    resume="auto"))
+    b = checkpoints.load_checkpoint(resumed["checkpoint"])
+    for part in ("model", "reader"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+    with pytest.raises(ValueError, match="without --patch-on-reader|with --patch-on-reader"):
+        training.train(config(class_faces, tmp_path / "b", cache_dir, steps=5,
+                              patch_on_reader=False, resume="auto"))
+
+
+@pytest.mark.parametrize("changes", [dict(lambda_clf=0.0), dict(lambda_patch=0.0),
+                                     dict(clf_train_steps=10)])
+def test_patch_on_reader_needs_a_training_reader_and_a_patch_weight(changes):
+    with pytest.raises(ValueError, match="--patch-on-reader"):
+        training.TrainConfig(**{"lambda_clf": 0.05, "lambda_patch": 0.05,
+                                "patch_on_reader": True, **changes})
+
+
+def test_critic_reader_scores_realness_per_patch_and_rebuilds_from_its_config():
+    reader = models.AttributeReader(64, ["Smiling"], critic=True).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    logits, realness = reader(x, with_realness=True)
+    assert logits.shape == (2, 1, 2) and realness.shape == (2, 1, 8, 8)
+    assert torch.equal(reader(x), logits)
+    rebuilt = models.AttributeReader(**reader.config)
+    rebuilt.load_state_dict(reader.state_dict())
+    with pytest.raises(ValueError, match="critic=True"):
+        models.AttributeReader(64, ["Smiling"])(x, with_realness=True)

@@ -105,6 +105,32 @@ def test_resume_reproduces_the_uninterrupted_run(class_faces, cache_dir, tmp_pat
         "checkpoint-0000004.pt", "checkpoint-0000006.pt"]
 
 
+def test_reuse_latent_encodes_once_per_step_and_resumes_exactly(class_faces, cache_dir,
+                                                                tmp_path):
+    config = tiny_config(class_faces, tmp_path / "probe", cache_dir, reuse_latent=True)
+    train_set, _ = training.open_datasets(config)
+    probe = training.Trainer(config, train_set, torch.device("cpu"))
+    encodes, batches, read = [], [], probe.batch
+    probe.model.encoder.register_forward_hook(lambda *_: encodes.append(1))
+    probe.batch = lambda number: (batches.append(number), read(number))[1]
+    before = [p.clone() for p in probe.model.latent_discriminator.parameters()]
+    metrics = probe.train_step()
+    # one encoder forward (the autoencoder's) and one batch (the autoencoder's) per step
+    assert len(encodes) == 1 and batches == [1] and np.isfinite(metrics["dis_loss"].item())
+    after = list(probe.model.latent_discriminator.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(before, after))  # it did learn
+
+    straight = training.train(tiny_config(class_faces, tmp_path / "a", cache_dir, steps=4,
+                                          reuse_latent=True))
+    training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=2,
+                               reuse_latent=True))
+    resumed = training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=4,
+                                         reuse_latent=True, resume="auto"))
+    a, b = (checkpoints.load_checkpoint(r["checkpoint"]) for r in (straight, resumed))
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
 def test_checkpoint_holds_plain_data_and_rebuilds_the_model(class_faces, cache_dir, tmp_path):
     result = training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, steps=2))
     checkpoint = torch.load(result["checkpoint"], weights_only=True)

@@ -9,7 +9,8 @@
   pooling over an 8x8 map, one linear layer, against the judge's 1x1 map and two linear
   layers), so that the judge scores edits with features the model was never trained to satisfy.
 * ``PatchDiscriminator``: a small unconditional PatchGAN critic (real photo vs edited decode),
-  least-squares loss, for sharper edits.
+  least-squares loss, for sharper edits. With ``critic=True`` the reader carries such a critic
+  as a second head on its own trunk instead (AttGAN's shared discriminator/classifier).
 
 Both classifiers map images ``(N, 3, S, S)`` in [-1, 1] to logits ``(N, n_attrs, 2)``.
 """
@@ -85,16 +86,18 @@ class AttributeReader(_ImageClassifier):
     linear layer. Without the BatchNorm the decoder learned to fool it with coloured stripes
     (README, "Edits a person can see"); in training it normalises each batch, real or decoded,
     with that batch's own statistics. ``luminance``: it reads only the faces' luma (BT.601), so
-    colour cannot carry the attribute for it."""
+    colour cannot carry the attribute for it. ``critic``: a second head, a 3x3 conv from the
+    last feature map to one realness logit per patch, trained on decoded faces as fakes, so the
+    features the attribute is read from also know what a decoded texture looks like (AttGAN)."""
 
     def __init__(self, img_size: int, attrs: Sequence[str], init_fm: int = 32,
-                 max_fm: int = 256, luminance: bool = False) -> None:
+                 max_fm: int = 256, luminance: bool = False, critic: bool = False) -> None:
         super().__init__()
         check_img_size(img_size, minimum=8)
         self.img_size, self.attrs = img_size, list(check_attr_names(attrs))
-        self.luminance = bool(luminance)
+        self.luminance, self.critic = bool(luminance), bool(critic)
         self.config = {"img_size": img_size, "attrs": list(self.attrs), "init_fm": init_fm,
-                       "max_fm": max_fm, "luminance": self.luminance}
+                       "max_fm": max_fm, "luminance": self.luminance, "critic": self.critic}
         n_layers = max(1, int(math.log2(img_size)) - (3 if img_size >= 64 else 2))
         if self.luminance:  # not in state_dict: a constant, rebuilt from the config
             self.register_buffer("luma", torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1),
@@ -106,13 +109,19 @@ class AttributeReader(_ImageClassifier):
             n_in, n_out = n_out, min(2 * n_out, max_fm)
         self.conv_layers = nn.Sequential(*layers)
         self.head = nn.Linear(n_in, 2 * len(self.attrs))
+        self.realness = nn.Conv2d(n_in, 1, 3, 1, 1) if self.critic else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_realness: bool = False):
+        """Logits ``(N, n_attrs, 2)``; with ``with_realness`` (a ``critic`` reader) also the
+        realness logits ``(N, 1, h, w)`` of the critic head."""
         self._check_input(x)
+        if with_realness and self.realness is None:
+            raise ValueError("with_realness=True needs a reader built with critic=True")
         if self.luminance:
             x = (x * self.luma.to(x.dtype)).sum(1, keepdim=True)
-        features = self.conv_layers(x).mean((2, 3))
-        return self.head(features).view(len(x), len(self.attrs), 2)
+        features = self.conv_layers(x)
+        logits = self.head(features.mean((2, 3))).view(len(x), len(self.attrs), 2)
+        return (logits, self.realness(features)) if with_realness else logits
 
 
 class PatchDiscriminator(nn.Module):

@@ -43,11 +43,13 @@ class TrainConfig:
     lambda_lat: float = 1e-4
     lambda_ramp_steps: int = 500_000
     seed: int = 0
+    reuse_latent: bool = False
     # edit losses (0 = off: the paper's recipe); ramped like lambda_lat
     lambda_clf: float = 0.0
     clf_train_steps: int | None = None
     reader_luminance: bool = False
     lambda_patch: float = 0.0
+    patch_on_reader: bool = False
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -98,6 +100,10 @@ class TrainConfig:
                     "must be a number >= 0")
         require(self.clf_train_steps is None or is_int(self.clf_train_steps, 1),
                 "clf_train_steps", "must be a positive integer")
+        require(not self.patch_on_reader or (self.lambda_clf > 0 and self.lambda_patch > 0
+                                             and self.clf_train_steps is None),
+                "patch_on_reader", "needs --lambda-clf > 0, --lambda-patch > 0 and a reader "
+                "that keeps training (no --clf-train-steps)")
         require(len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas),
                 "betas", "must be two numbers in [0, 1)")
         require(self.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}")
@@ -161,6 +167,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "on a CPU budget e.g. 1000)")
     optim.add_argument("--seed", type=int, default=d.seed,
                        help="seed of the initialisation, data order and flips")
+    optim.add_argument("--reuse-latent", action=argparse.BooleanOptionalAction,
+                       default=d.reuse_latent,
+                       help="train the latent discriminator on the autoencoder update's own "
+                            "latent instead of encoding a fresh batch: one encoder forward less "
+                            "per step (a change of Fader's recipe; benchmarks/reuse_latent.md)")
 
     edits = parser.add_argument_group(
         "edit losses (default off: the paper's recipe; both ramp like --lambda-lat)")
@@ -179,6 +190,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        default=d.reader_luminance,
                        help="the reader sees only the faces' luminance, so the decoder cannot "
                             "please it by painting colour (README, 'Edits a person can see')")
+    edits.add_argument("--patch-on-reader", action=argparse.BooleanOptionalAction,
+                       default=d.patch_on_reader,
+                       help="the patch critic is a second head on the reader's trunk, trained on "
+                            "decoded faces as fakes (AttGAN's shared discriminator), instead of "
+                            "a separate network")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
@@ -304,15 +320,18 @@ def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
             raise ValueError(f"{where}: these flags build another model than the "
                              f"checkpoint's: {', '.join(mismatched)}; drop or fix them, or start "
                              "a new run in another --run-dir")
-    for part, option in (("reader", "lambda_clf"), ("patch", "lambda_patch")):
-        if (getattr(config, option) > 0) != (part in checkpoint):
+    reader_config = checkpoint.get("reader_config")
+    if "reader" in checkpoint and isinstance(reader_config, dict):
+        for key, option in (("luminance", "reader_luminance"), ("critic", "patch_on_reader")):
+            stored_value = bool(reader_config.get(key, False))
+            if stored_value != getattr(config, option):
+                raise ValueError(f"{where}: the run's reader was trained "
+                                 f"{'with' if stored_value else 'without'} {flag(option)}; "
+                                 "resume with the run's setting")
+    separate_patch = config.lambda_patch > 0 and not config.patch_on_reader
+    for part, option, wanted in (("reader", "lambda_clf", config.lambda_clf > 0),
+                                 ("patch", "lambda_patch", separate_patch)):
+        if wanted != (part in checkpoint):
             raise ValueError(f"{where}: the run was trained "
                              f"{'with' if part in checkpoint else 'without'} {flag(option)}; "
                              f"resume with the run's {flag(option)}")
-    reader_config = checkpoint.get("reader_config")
-    if "reader" in checkpoint and isinstance(reader_config, dict):
-        luminance = bool(reader_config.get("luminance", False))
-        if luminance != config.reader_luminance:
-            raise ValueError(f"{where}: the run's reader was trained "
-                             f"{'with' if luminance else 'without'} --reader-luminance; resume "
-                             "with the run's setting")

@@ -11,6 +11,11 @@ autoencoder update on the next batch (Fader draws a fresh batch for each update)
   in eval mode and frozen: the encoder learns to make the discriminator read the *flipped*
   attributes, i.e. to leave them out of z. ``lambda(t) = lambda_lat * min(t, ramp) / ramp``.
 
+``reuse_latent`` (off by default: a recipe change) skips the discriminator's own batch: after
+the autoencoder update, the discriminator learns from that update's detached, train-mode latent.
+That saves one encoder forward per step (``benchmarks/reuse_latent.md`` measures speed and
+quality).
+
 That recipe trains the decoder only to reconstruct, so nothing asks a decoded *flip* to show the
 flipped attribute, and at CPU-sized budgets the edits stay faint. Two optional terms on
 ``x_flip = decode(z, 1 - a)`` (every attribute flipped), ramped like lambda, fix that:
@@ -20,7 +25,9 @@ flipped attribute, and at CPU-sized budgets the edits stay faint. Two optional t
   (AttGAN) or only during the first ``clf_train_steps`` steps and then frozen (Fader's
   pretrained classifier);
 * ``lambda_patch``: a PatchGAN critic's least-squares loss on ``x_flip``, the critic trained on
-  the real faces against the detached ``x_flip``.
+  the real faces against the detached ``x_flip``. With ``patch_on_reader`` the critic is a head
+  on the reader's trunk (AttGAN's shared discriminator), and the reader's update, made after
+  the autoencoder's, trains both heads: attributes on the real faces, realness on real vs flip.
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
@@ -100,8 +107,9 @@ class Trainer:
         self.reader = self.patch = None
         if config.lambda_clf > 0:
             self.reader = AttributeReader(config.img_size, train_set.attr_names,
-                                          luminance=config.reader_luminance).to(device)
-        if config.lambda_patch > 0:
+                                          luminance=config.reader_luminance,
+                                          critic=config.patch_on_reader).to(device)
+        if config.lambda_patch > 0 and not config.patch_on_reader:
             self.patch = PatchDiscriminator(config.img_size).to(device)
         seed_rngs(config.seed, rank)  # dropout masks differ between ranks
         self.memory_format = (torch.channels_last if config.channels_last
@@ -145,17 +153,21 @@ class Trainer:
         lam = lambda_at(self.step, config.lambda_lat, config.lambda_ramp_steps)
         ramp = lambda_at(self.step, 1.0, config.lambda_ramp_steps)
         metrics = {"lambda": lam}
-        metrics["dis_loss"], metrics["dis_acc"] = self._discriminator_update(
-            *self.batch(2 * self.step))
+        if not config.reuse_latent:
+            self._discriminator_update(*self._fresh_latent(2 * self.step), metrics)
         images, attrs = self.batch(2 * self.step + 1)
         if self.reader is not None:
             # A frozen reader stops changing altogether (eval mode: BatchNorm statistics too);
             # a training one normalises every batch it sees, real or decoded, by its own.
             learning = config.clf_train_steps is None or self.step < config.clf_train_steps
             self.reader.train(learning)
-            if learning:
-                metrics["reader_loss"], metrics["reader_acc"] = self._reader_update(images, attrs)
-        x_flip = self._autoencoder_update(images, attrs, lam, ramp, metrics)
+            if learning and not config.patch_on_reader:
+                self._reader_update(images, attrs, metrics)
+        z, x_flip = self._autoencoder_update(images, attrs, lam, ramp, metrics)
+        if config.reuse_latent:
+            self._discriminator_update(z, attrs, metrics)
+        if config.patch_on_reader:  # its critic head needs this step's flips
+            self._reader_update(images, attrs, metrics, x_flip)
         if self.patch is not None:
             metrics["patch_dis_loss"] = self._patch_update(images, x_flip)
         self.scaler.update()
@@ -174,29 +186,45 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype,
                               enabled=self.amp_dtype is not None)
 
-    def _discriminator_update(self, images, attrs):
-        self.model.encoder.eval()  # as Fader: the discriminator sees eval-mode latents
+    def _fresh_latent(self, number: int):
+        """Batch ``number`` encoded for the discriminator update, as Fader: eval mode, no grad."""
+        images, attrs = self.batch(number)
+        self.model.encoder.eval()
+        with self._autocast(), torch.no_grad():
+            return self.model.encode(images), attrs
+
+    def _discriminator_update(self, z, attrs, metrics: dict) -> None:
         self.discriminator.train()
         targets = attribute_targets(attrs)
         with self._autocast():
-            with torch.no_grad():
-                z = self.model.encode(images)
             logits = self.discriminator(z)
         loss = discriminator_loss(logits, targets)
         self._update(loss, self.dis_optimizer)
-        return loss.detach(), discriminator_accuracy(logits.detach(), targets)
+        metrics["dis_loss"] = loss.detach()
+        metrics["dis_acc"] = discriminator_accuracy(logits.detach(), targets)
 
-    def _reader_update(self, images, attrs):
+    def _reader_update(self, images, attrs, metrics: dict, x_flip=None):
+        """The reader's update on the real faces; with ``x_flip`` (``patch_on_reader``) its
+        critic head learns real faces against those detached flips as well."""
         targets = attribute_targets(attrs)
         with self._autocast():
-            logits = self.reader_ddp(images)
-        loss = classifier_loss(logits, targets)
-        self._update(loss, self.reader_optimizer)
-        return loss.detach(), (logits.detach().argmax(-1) == targets).float().mean()
+            if x_flip is None:
+                logits = self.reader_ddp(images)
+                critic_loss = 0
+            else:
+                logits, real = self.reader_ddp(images, with_realness=True)
+                fake = self.reader_ddp(x_flip, with_realness=True)[1]
+                critic_loss = (least_squares_loss(real, real=True)
+                               + least_squares_loss(fake, real=False)) / 2
+                metrics["patch_dis_loss"] = critic_loss.detach()
+            clf_loss = classifier_loss(logits, targets)
+        self._update(clf_loss + critic_loss, self.reader_optimizer)
+        metrics["reader_loss"] = clf_loss.detach()
+        metrics["reader_acc"] = (logits.detach().argmax(-1) == targets).float().mean()
 
     def _autoencoder_update(self, images, attrs, lam: float, ramp: float, metrics: dict):
-        """The autoencoder update; fills ``metrics``, returns the detached ``x_flip`` (or
-        None when no edit loss needs it)."""
+        """The autoencoder update; fills ``metrics``, returns the detached latent and
+        ``x_flip`` (None when no edit loss needs it)."""
         self.autoencoder.train()
         self.model.latent_discriminator.eval()
         targets = attribute_targets(attrs)
@@ -210,19 +238,25 @@ class Trainer:
             recon_loss = F.mse_loss(x_hat.float(), images)
             adv_loss = discriminator_loss(logits, flipped)
             loss = recon_loss + lam * adv_loss
+            realness = None  # the patch critic's logits on x_flip, from either critic
             if self.reader is not None:
-                flip_logits = self.reader(x_flip)
+                if self.config.patch_on_reader:
+                    flip_logits, realness = self.reader(x_flip, with_realness=True)
+                else:
+                    flip_logits = self.reader(x_flip)
                 clf_loss = classifier_loss(flip_logits, flipped)
                 loss = loss + self.config.lambda_clf * ramp * clf_loss
                 metrics["clf_loss"] = clf_loss.detach()
                 metrics["flip_acc"] = (flip_logits.detach().argmax(-1) == flipped).float().mean()
             if self.patch is not None:
-                patch_loss = least_squares_loss(self.patch(x_flip), real=True)
+                realness = self.patch(x_flip)
+            if realness is not None:
+                patch_loss = least_squares_loss(realness, real=True)
                 loss = loss + self.config.lambda_patch * ramp * patch_loss
                 metrics["patch_loss"] = patch_loss.detach()
         self._update(loss, self.ae_optimizer)
         metrics["recon_loss"], metrics["adv_loss"] = recon_loss.detach(), adv_loss.detach()
-        return None if x_flip is None else x_flip.detach()
+        return z.detach(), None if x_flip is None else x_flip.detach()
 
     def _patch_update(self, images, x_flip):
         with self._autocast():
