@@ -37,6 +37,10 @@ def parse_args(argv):
     p.add_argument("--recipes", default=str(REPO / "benchmarks" / "recipes.json"))
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=str(REPO / "benchmarks"))
+    p.add_argument("--name", default="ablation", help="report file name (without extension)")
+    p.add_argument("--setting", default="128 px, Smiling, `paper` preset, bf16, batch 32, λ_lat "
+                   "0.01 ramped over 500 steps (λ_clf 0.05 and λ_patch 0.01 ramped alike)",
+                   help="how the runs were trained, for the report")
     return p.parse_args(argv)
 
 
@@ -86,9 +90,9 @@ def main(argv=None):
         print(json.dumps(rows[-1]), flush=True)
     columns = list(rows[0])
     text = [f"# Recipe ablation at equal wall-clock ({args.budget:.0f} s of clean training)", "",
-            f"128 px, Smiling, `paper` preset, bf16, batch 32, λ_lat 0.01 ramped over 500 steps "
-            f"(λ_clf 0.05 and λ_patch 0.01 ramped alike). Step times: `recipes.json` (clean, side "
-            f"by side; s/step here is the upper median of its timed rounds). Test split: first {args.limit} test faces; flips read by the independent "
+            f"{args.setting}. Step times: `{Path(args.recipes).name}` (clean, side by side; "
+            f"s/step here is the upper median of its timed rounds). Test split: first "
+            f"{args.limit} test faces; flips read by the independent "
             f"judge ({args.judge.rsplit('/', 1)[-1]}: Fader's classifier, seed 7, train split "
             f"only, {percent(judge.meta['test_accuracy']['Smiling'])} on real test faces). "
             f"London: all 40 people through `edit_photo` (real photos: "
@@ -96,10 +100,10 @@ def main(argv=None):
             f"ones judged smiling, {percent(payload[0]['london']['real_neutral_judged_neutral'])}"
             " of the neutral ones judged neutral).", "", markdown_table(columns, rows), ""]
     out = Path(args.out)
-    (out / "ablation.md").write_text("\n".join(text))
-    (out / "ablation.json").write_text(json.dumps({"budget_s": args.budget, "runs": payload},
-                                                  indent=2) + "\n")
-    print(f"wrote {out / 'ablation.md'}")
+    (out / f"{args.name}.md").write_text("\n".join(text))
+    (out / f"{args.name}.json").write_text(json.dumps({"budget_s": args.budget, "runs": payload},
+                                                      indent=2) + "\n")
+    print(f"wrote {out / args.name}.md")
 
 
 if __name__ == "__main__":

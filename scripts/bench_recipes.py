@@ -22,6 +22,9 @@ RECIPES = {
     "+clf (reader trained alongside)": {"lambda_clf": 0.05},
     "+clf (reader frozen)": {"lambda_clf": 0.05, "clf_train_steps": 1},
     "+clf +patch": {"lambda_clf": 0.05, "lambda_patch": 0.01},
+    "+clf +patch on the reader": {"lambda_clf": 0.05, "lambda_patch": 0.05,
+                                  "patch_on_reader": True},
+    "paper, latent reused": {"reuse_latent": True},
 }
 
 
@@ -34,7 +37,10 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=8, help="timed steps per recipe")
     p.add_argument("--limit", type=int, default=1024, help="images used")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
+    p.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES),
+                   help="recipes timed (paper is always among them: the ratios' base)")
     p.add_argument("--out", default="benchmarks")
+    p.add_argument("--name", default="recipes", help="report file name (without extension)")
     return p.parse_args(argv)
 
 
@@ -45,7 +51,8 @@ def main(argv=None):
                   lambda_lat=0.01, lambda_ramp_steps=0)
     train_set, _ = open_datasets(TrainConfig(**common))
     trainers = {name: Trainer(TrainConfig(**common, **changes), train_set, torch.device("cpu"))
-                for name, changes in RECIPES.items()}
+                for name, changes in RECIPES.items()
+                if name == "paper" or name in args.recipes}
     for trainer in trainers.values():  # warm-up (and past clf_train_steps for the frozen one)
         trainer.train_step()
         trainer.train_step()
@@ -66,8 +73,9 @@ def main(argv=None):
                      "interleaved steps per recipe after 2 warm-up steps."),
                 ("Step time", markdown_table(["recipe", "step ms", "x paper", "samples/s"], rows))]
     payload = {"machine": machine_description(), "settings": vars(args),
-               "times_s": times, "recipes": RECIPES}
-    print(f"wrote {write_report(args.out, 'recipes', 'Training recipes: step time', sections, payload)}")
+               "times_s": times, "recipes": {name: RECIPES[name] for name in times}}
+    title = "Training recipes: step time"
+    print(f"wrote {write_report(args.out, args.name, title, sections, payload)}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--presets", nargs="+", choices=PRESETS,
                    default=["fader", "paper-eager", "paper"])
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "bf16"])
+    p.add_argument("--reuse-latent-presets", nargs="*", choices=PRESETS, default=[],
+                   help="presets also timed with --reuse-latent (a column '<preset> +reuse')")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="timed training steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -52,12 +54,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def bench_config(args, img_size, preset="paper", precision="fp32"):
+def bench_config(args, img_size, preset="paper", precision="fp32", reuse_latent=False):
     return TrainConfig(
         data_root=args.data_root, img_size=img_size, limit=args.limit, preset=preset,
         precision=precision, batch_size=args.batch_size, device=args.device,
-        channels_last=args.channels_last, progress=False,
+        channels_last=args.channels_last, progress=False, reuse_latent=reuse_latent,
     )
+
+
+def column(job):
+    """A configuration's column in the tables: its preset, '+reuse' with --reuse-latent."""
+    return job["preset"] + (" +reuse" if job.get("reuse_latent") else "")
 
 
 # ----------------------------------------------------------------------------- one configuration
@@ -71,7 +78,8 @@ def peak_memory_mb(device):
 
 def run_worker(args, job):
     """Time one configuration in this process; prints its row as JSON."""
-    config = bench_config(args, job["img_size"], job["preset"], job["precision"])
+    config = bench_config(args, job["img_size"], job["preset"], job["precision"],
+                          job.get("reuse_latent", False))
     train_set, _ = open_datasets(config)
     device = torch.device(config.device)
     baseline = peak_memory_mb(device)
@@ -108,18 +116,24 @@ def run_job(job, argv):
 # ----------------------------------------------------------------------------- report
 
 
-def speed_table(rows, presets):
-    """Samples/s side by side: one row per (size, precision), one column per preset."""
+def speed_table(rows, columns):
+    """Samples/s side by side: one row per (size, precision), one column per configuration,
+    and the step-time ratios of paper (and paper +reuse) to fader."""
     table = []
     for (size, precision) in dict.fromkeys((r["img_size"], r["precision"]) for r in rows):
-        cells = {r["preset"]: r for r in rows
+        cells = {column(r): r for r in rows
                  if r["img_size"] == size and r["precision"] == precision}
         line = {"img size": size, "precision": precision}
-        for preset in presets:
-            line[preset] = _rate(cells.get(preset))
-        paper, fader = cells.get("paper", {}), cells.get("fader", {})
-        if "samples_per_s" in paper and "samples_per_s" in fader:
-            line["paper / fader"] = f"{paper['samples_per_s'] / fader['samples_per_s']:.2f}x"
+        for name in columns:
+            line[name] = _rate(cells.get(name))
+        fader = cells.get("fader", {})
+        fp32_fader = next((r for r in rows if r["img_size"] == size and r["precision"] == "fp32"
+                           and column(r) == "fader"), {})
+        for paper in ("paper", "paper +reuse"):
+            for name, base in ((f"{paper} / fader step", fader),
+                               (f"{paper} / fp32 fader step", fp32_fader)):
+                if "step_ms" in cells.get(paper, {}) and "step_ms" in base:
+                    line[name] = f"{cells[paper]['step_ms'] / base['step_ms']:.2f}"
         table.append(line)
     return table
 
@@ -127,7 +141,7 @@ def speed_table(rows, presets):
 def detail_table(rows):
     table = []
     for r in rows:
-        line = {"img size": r["img_size"], "preset": r["preset"], "precision": r["precision"]}
+        line = {"img size": r["img_size"], "preset": column(r), "precision": r["precision"]}
         if "error" in r:
             line["train samples/s"] = f"failed: {r['error']}"
         else:
@@ -162,11 +176,17 @@ def main(argv=None):
     rows = []
     for size in args.img_sizes:
         for precision in args.precisions:
-            for preset in args.presets:
-                row = run_job({"img_size": size, "preset": preset, "precision": precision}, argv)
+            for job in jobs(args, size, precision):
+                row = run_job(job, argv)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(f"wrote {write_train_report(args, rows)}")
+
+
+def jobs(args, size, precision):
+    base = {"img_size": size, "precision": precision}
+    return ([{**base, "preset": p} for p in args.presets]
+            + [{**base, "preset": p, "reuse_latent": True} for p in args.reuse_latent_presets])
 
 
 def write_train_report(args, rows):
@@ -174,6 +194,9 @@ def write_train_report(args, rows):
     memory = ("torch.cuda.max_memory_allocated" if torch.device(args.device).type == "cuda"
               else "peak RSS of the configuration's own process (getrusage ru_maxrss); baseline "
                    "= after imports and opening the data")
+    columns = list(dict.fromkeys(column(r) for r in rows))
+    ratios = [f"{p} / {f}fader step" for p in ("paper", "paper +reuse") if p in columns
+              for f in ("", "fp32 ")]
     sections = [
         ("", f"{machine_description(args.device)}. Batch {args.batch_size}, {args.limit} CelebA-HQ "
              f"images, median of {args.steps} timed steps after {args.warmup} warm-up steps"
@@ -181,8 +204,10 @@ def write_train_report(args, rows):
              "latent-discriminator update and one autoencoder update (exprfast.training.Trainer."
              "train_step); samples/s = batch / step time."),
         ("Training samples/s", markdown_table(
-            ["img size", "precision", *args.presets, "paper / fader"],
-            speed_table(rows, args.presets))),
+            ["img size", "precision", *columns, *ratios],
+            speed_table(rows, columns)) + "\n\nThe ratios are of step times (lower: paper "
+            "faster); the issue's targets are <= 0.80 at 64 px and <= 0.68 at 128 and 256 px in "
+            "fp32, and bf16 paper <= 0.42 of fp32 fader at 128 and 256 px."),
         ("Details", markdown_table(
             ["img size", "preset", "precision", "params", "step ms", "train samples/s",
              "data-only samples/s", "data share of step", "peak MB", "baseline MB"],
