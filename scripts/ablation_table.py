@@ -38,18 +38,33 @@ def parse_args(argv):
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=str(REPO / "benchmarks"))
     p.add_argument("--name", default="ablation", help="report file name (without extension)")
+    p.add_argument("--trailing", type=int, default=0,
+                   help="also evaluate the N checkpoints before each run's budget step and "
+                        "report their mean and range (flip rates move between checkpoints)")
     p.add_argument("--setting", default="128 px, Smiling, `paper` preset, bf16, batch 32, λ_lat "
                    "0.01 ramped over 500 steps (λ_clf 0.05 and λ_patch 0.01 ramped alike)",
                    help="how the runs were trained, for the report")
     return p.parse_args(argv)
 
 
-def step_at(run_dir, steps):
+def steps_at(run_dir, steps, count=1):
+    """The last ``count`` (step, checkpoint) pairs of ``run_dir`` at or before ``steps``."""
     found = [(int(p.stem.split("-")[1]), p) for p in list_checkpoints(run_dir)]
     usable = [(s, p) for s, p in found if s <= steps]
     if not usable:
         raise SystemExit(f"{run_dir}: no checkpoint at or before step {steps}")
-    return usable[-1]
+    return usable[-count:]
+
+
+def trailing_row(recipe, results):
+    """Mean and range over checkpoints of the test-split flips and PSNR."""
+    def spread(values, fmt):
+        return f"{fmt(sum(values) / len(values))} ({fmt(min(values))}–{fmt(max(values))})"
+    flips = [r["flip_success"]["Smiling"] for _, r in results]
+    return {"recipe": recipe, "checkpoints": ", ".join(str(s) for s, _ in results),
+            "flip 0→1": spread([f["to_1"] for f in flips], percent),
+            "flip 1→0": spread([f["to_0"] for f in flips], percent),
+            "PSNR": spread([r["psnr"] for _, r in results], lambda v: f"{v:.2f} dB")}
 
 
 def london_rates(checkpoint, judge):
@@ -67,17 +82,20 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     times = json.loads(Path(args.recipes).read_text())["times_s"]
     judge = load_classifier(args.judge)
-    rows, payload = [], []
+    rows, payload, spreads = [], [], []
     for item in args.run:
         recipe, _, run_dir = item.partition("=")
         step_s = sorted(times[recipe])[len(times[recipe]) // 2]
-        step, checkpoint = step_at(run_dir, int(args.budget / step_s))
-        model = model_from_checkpoint(checkpoint)
-        result = evaluate(model, judge, args.data_root, limit=args.limit)
+        found = steps_at(run_dir, int(args.budget / step_s), 1 + args.trailing)
+        trailing = [(s, evaluate(model_from_checkpoint(c), judge, args.data_root,
+                                 limit=args.limit)) for s, c in found]
+        (step, checkpoint), result = found[-1], trailing[-1][1]
         london = london_rates(checkpoint, args.judge)
         flip = result["flip_success"]["Smiling"]
         payload.append({"recipe": recipe, "run_dir": run_dir, "step": step, "step_s": step_s,
-                        "test": result, "london": london})
+                        "test": result, "london": london,
+                        "trailing": [{"step": s, "test": r} for s, r in trailing]})
+        spreads.append(trailing_row(recipe, trailing))
         rows.append({
             "recipe": recipe, "s/step": f"{step_s:.3f}", "steps in budget": str(step),
             "flip 0→1": percent(flip["to_1"]), "flip 1→0": percent(flip["to_0"]),
@@ -99,6 +117,11 @@ def main(argv=None):
             f"{percent(payload[0]['london']['real_smiling_judged_smiling'])} of the smiling "
             f"ones judged smiling, {percent(payload[0]['london']['real_neutral_judged_neutral'])}"
             " of the neutral ones judged neutral).", "", markdown_table(columns, rows), ""]
+    if args.trailing:
+        text += ["Between neighbouring checkpoints the flip rates move by several points, so "
+                 f"here each run's last {1 + args.trailing} checkpoints within the budget, on "
+                 "the same test faces: mean (min–max).", "",
+                 markdown_table(list(spreads[0]), spreads), ""]
     out = Path(args.out)
     (out / f"{args.name}.md").write_text("\n".join(text))
     (out / f"{args.name}.json").write_text(json.dumps({"budget_s": args.budget, "runs": payload},

@@ -5,6 +5,8 @@ Builds one ``Trainer`` per recipe on the same CelebA-HQ images in one process an
 median step time and its ratio to the paper recipe. Writes benchmarks/recipes.md and .json.
 
     python scripts/bench_recipes.py --img-size 128 --precision bf16
+    python scripts/bench_recipes.py --img-size 128 --precision fp32 --base fader \
+        --recipes "paper, latent reused" "paper bf16" "paper bf16, latent reused" --name presets128
 """
 import argparse
 import statistics
@@ -26,6 +28,13 @@ RECIPES = {
                                   "patch_on_reader": True},
     "paper, latent reused": {"reuse_latent": True},
 }
+# Not timed unless named: the presets and precisions of issue 10's step-time targets, to be
+# timed side by side with --base fader.
+COMPARISONS = {
+    "fader": {"preset": "fader"},
+    "paper bf16": {"precision": "bf16"},
+    "paper bf16, latent reused": {"precision": "bf16", "reuse_latent": True},
+}
 
 
 def parse_args(argv):
@@ -37,8 +46,10 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=8, help="timed steps per recipe")
     p.add_argument("--limit", type=int, default=1024, help="images used")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
-    p.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES),
-                   help="recipes timed (paper is always among them: the ratios' base)")
+    p.add_argument("--recipes", nargs="+", choices=[*RECIPES, *COMPARISONS],
+                   default=list(RECIPES), help="recipes timed (and paper, and the base)")
+    p.add_argument("--base", choices=[*RECIPES, *COMPARISONS], default="paper",
+                   help="the recipe the ratios are to (default %(default)s)")
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--name", default="recipes", help="report file name (without extension)")
     return p.parse_args(argv)
@@ -50,9 +61,11 @@ def main(argv=None):
                   precision=args.precision, batch_size=args.batch_size, progress=False,
                   lambda_lat=0.01, lambda_ramp_steps=0)
     train_set, _ = open_datasets(TrainConfig(**common))
-    trainers = {name: Trainer(TrainConfig(**common, **changes), train_set, torch.device("cpu"))
-                for name, changes in RECIPES.items()
-                if name == "paper" or name in args.recipes}
+    every = {**RECIPES, **COMPARISONS}
+    trainers = {name: Trainer(TrainConfig(**{**common, **changes}), train_set,
+                              torch.device("cpu"))
+                for name, changes in every.items()
+                if name in ("paper", args.base) or name in args.recipes}
     for trainer in trainers.values():  # warm-up (and past clf_train_steps for the frozen one)
         trainer.train_step()
         trainer.train_step()
@@ -62,18 +75,20 @@ def main(argv=None):
             start = time.perf_counter()
             trainer.train_step()
             times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["paper"])
+    base = statistics.median(times[args.base])
     rows = [{"recipe": name, "step ms": f"{1000 * statistics.median(t):.0f}",
-             "x paper": f"{statistics.median(t) / base:.2f}",
+             f"x {args.base}": f"{statistics.median(t) / base:.2f}",
              "samples/s": f"{args.batch_size / statistics.median(t):.1f}"}
             for name, t in times.items()]
-    print(markdown_table(["recipe", "step ms", "x paper", "samples/s"], rows))
-    sections = [("", f"{machine_description()}. {args.img_size} px, {args.precision}, batch "
-                     f"{args.batch_size}, paper preset, channels_last; median of {args.rounds} "
-                     "interleaved steps per recipe after 2 warm-up steps."),
-                ("Step time", markdown_table(["recipe", "step ms", "x paper", "samples/s"], rows))]
+    columns = ["recipe", "step ms", f"x {args.base}", "samples/s"]
+    print(markdown_table(columns, rows))
+    sections = [("", f"{machine_description()}. {args.img_size} px, {args.precision} and the "
+                     f"paper preset unless a recipe names others, batch {args.batch_size}, "
+                     f"channels_last; median of {args.rounds} interleaved steps per recipe after "
+                     "2 warm-up steps, all recipes in one process on the same images."),
+                ("Step time", markdown_table(columns, rows))]
     payload = {"machine": machine_description(), "settings": vars(args),
-               "times_s": times, "recipes": {name: RECIPES[name] for name in times}}
+               "times_s": times, "recipes": {name: every[name] for name in times}}
     title = "Training recipes: step time"
     print(f"wrote {write_report(args.out, args.name, title, sections, payload)}")
 
