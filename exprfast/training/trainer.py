@@ -13,8 +13,8 @@ autoencoder update on the next batch (Fader draws a fresh batch for each update)
 
 ``reuse_latent`` (off by default: a recipe change) skips the discriminator's own batch: after
 the autoencoder update, the discriminator learns from that update's detached, train-mode latent.
-That saves one encoder forward per step (``benchmarks/reuse_latent.md`` measures speed and
-quality).
+That saves one encoder forward per step (speed: ``benchmarks/presets*.md``; quality:
+``benchmarks/reuse_latent.md``).
 
 That recipe trains the decoder only to reconstruct, so nothing asks a decoded *flip* to show the
 flipped attribute, and at CPU-sized budgets the edits stay faint. Two optional terms on
