@@ -111,6 +111,8 @@ def test_patch_discriminator_scores_patches():
     assert critic(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 8, 8)
     assert models.least_squares_loss(torch.ones(4), real=True) == 0
     assert models.least_squares_loss(torch.zeros(4), real=False) == 0
+    assert models.critic_loss(torch.ones(4), torch.zeros(4)) == 0
+    assert models.critic_loss(torch.zeros(4), torch.ones(4)) == 1
 
 
 # ----------------------------------------------------------------------------- model files

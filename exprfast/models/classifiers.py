@@ -149,3 +149,9 @@ def least_squares_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
     """LSGAN: mean of ``(logit - 1)^2`` for real targets, ``logit^2`` for fake ones."""
     target = 1.0 if real else 0.0
     return (logits.float() - target).pow(2).mean()
+
+
+def critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """A least-squares critic's own loss: real faces towards 1, decoded ones towards 0."""
+    return (least_squares_loss(real_logits, real=True)
+            + least_squares_loss(fake_logits, real=False)) / 2

@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION
 from ..data import FaceDataset
 from ..models import (AttributeReader, PatchDiscriminator, build, classifier_loss,
-                      least_squares_loss)
+                      critic_loss, least_squares_loss)
 from .config import TrainConfig, check_resumable
 from .stream import BatchStream, seed_rngs
 
@@ -210,15 +210,14 @@ class Trainer:
         with self._autocast():
             if x_flip is None:
                 logits = self.reader_ddp(images)
-                critic_loss = 0
+                realness_loss = 0
             else:
                 logits, real = self.reader_ddp(images, with_realness=True)
                 fake = self.reader_ddp(x_flip, with_realness=True)[1]
-                critic_loss = (least_squares_loss(real, real=True)
-                               + least_squares_loss(fake, real=False)) / 2
-                metrics["patch_dis_loss"] = critic_loss.detach()
+                realness_loss = critic_loss(real, fake)
+                metrics["patch_dis_loss"] = realness_loss.detach()
             clf_loss = classifier_loss(logits, targets)
-        self._update(clf_loss + critic_loss, self.reader_optimizer)
+        self._update(clf_loss + realness_loss, self.reader_optimizer)
         metrics["reader_loss"] = clf_loss.detach()
         metrics["reader_acc"] = (logits.detach().argmax(-1) == targets).float().mean()
 
@@ -260,8 +259,7 @@ class Trainer:
 
     def _patch_update(self, images, x_flip):
         with self._autocast():
-            loss = (least_squares_loss(self.patch_ddp(images), real=True)
-                    + least_squares_loss(self.patch_ddp(x_flip), real=False)) / 2
+            loss = critic_loss(self.patch_ddp(images), self.patch_ddp(x_flip))
         self._update(loss, self.patch_optimizer)
         return loss.detach()
 
