@@ -35,6 +35,9 @@ def parse_args(argv):
     p.add_argument("--people", nargs="+", default=["001", "012", "024", "034"],
                    help="rows of the figure")
     p.add_argument("--smile", type=float, default=1.0, help="Smiling value set on neutral photos")
+    p.add_argument("--replace", action="store_true",
+                   help="paste the model's decoding instead of adding its change to the photo "
+                        "(exprfast edit --replace): what the decoder itself draws")
     p.add_argument("--cell", type=int, default=200, help="side of each face cell (px)")
     p.add_argument("--london", default=None, help="default ../shared/data/london_faces")
     p.add_argument("--figure", default=None, help="PNG to write")
@@ -58,13 +61,13 @@ def changed_outside(before, after, face):
     return int(diff.sum())
 
 
-def person(london, pid, editor, smile):
+def person(london, pid, editor, smile, residual=True):
     """Both photos of ``pid``, edited, with the detected faces."""
     out = {}
     for kind, value in (("neutral", smile), ("smiling", 0.0)):
         photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
         edited, found = editing.edit_photo(photo, {"Smiling": value}, model=editor, face=0,
-                                           return_faces=True)
+                                           residual=residual, return_faces=True)
         out[kind] = (photo, edited, found[0])
     return out
 
@@ -76,7 +79,7 @@ def judge_reads(judge, image, face):
     return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
 
 
-def report(rows, path):
+def report(rows, path, replace=False):
     n = len(rows)
     rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     summary = {
@@ -95,7 +98,9 @@ def report(rows, path):
     Path(f"{path}.md").write_text("\n".join([
         "# London Set photos through the photo pipeline", "",
         f"{n} people, each photographed neutral and smiling (uncropped, 675 px), edited with "
-        "`exprfast.edit_photo` and read by the independent judge.", "",
+        "`exprfast.edit_photo`" + (" (`residual=False`: the model's decoding pasted, not its "
+                                    "change added)" if replace else "")
+        + " and read by the independent judge.", "",
         "| | edited | real |", "|---|---|---|",
         f"| judged smiling: neutral photo set to Smiling=1 vs real smile | "
         f"{pct(summary['edited_neutral_judged_smiling'])} | "
@@ -119,7 +124,7 @@ def main(argv=None):
     people = ids if judge is not None else args.people
     rows, cells = [], {}
     for pid in people:
-        pair = person(london, pid, editor, args.smile)
+        pair = person(london, pid, editor, args.smile, residual=not args.replace)
         (neutral, smiled, face_n), (smiling, unsmiled, face_s) = pair["neutral"], pair["smiling"]
         if pid in args.people:
             cells[pid] = [face_cell(im, f, args.cell) for im, f in
@@ -150,7 +155,7 @@ def main(argv=None):
         print(f"wrote {args.figure}: rows {', '.join(args.people)}; columns neutral | "
               f"Smiling={args.smile} | real smile || smiling | Smiling=0 | real neutral")
     if judge is not None and args.report:
-        print(json.dumps(report(rows, args.report), indent=2))
+        print(json.dumps(report(rows, args.report, args.replace), indent=2))
     return 0
 
 

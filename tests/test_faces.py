@@ -1,6 +1,7 @@
 """Face detection, alignment, crop and paste-back (exprfast.editing.faces), and the calibration
 script's measurements on real crops."""
 import importlib.util
+import json
 import math
 
 import numpy as np
@@ -9,8 +10,8 @@ from PIL import Image
 
 pytest.importorskip("cv2", reason="exprfast.editing.faces needs opencv-python-headless<5")
 
-from conftest import REAL_CELEBAHQ, REAL_LONDON, REPO, needs_london  # noqa: E402
-from exprfast import editing  # noqa: E402
+from conftest import REAL_CELEBAHQ, REAL_LONDON, REPO, needs_london, tiny_model  # noqa: E402
+from exprfast import checkpoints, editing, models  # noqa: E402
 from exprfast.editing import faces  # noqa: E402
 
 CELEBAHQ = REAL_CELEBAHQ / "images256"
@@ -171,3 +172,38 @@ def test_paste_changes_only_the_masked_pixels(sample):
     grey = faces.paste_face(pixels[..., 0], crop[..., 0], face)
     assert grey.shape == pixels.shape[:2]
     assert np.array_equal(grey[outside], pixels[..., 0][outside])
+
+
+# ----------------------------------------------------------------------------- London report
+
+
+@needs_london
+@pytest.mark.parametrize("replace", [False, True])
+def test_london_pairs_report_and_figure(tmp_path, replace):
+    """scripts/london_pairs.py on two people with a tiny model and judge: the report's rates are
+    the per-person readings, and no pixel away from the faces changes in either paste mode."""
+    spec = importlib.util.spec_from_file_location("london_pairs",
+                                                  REPO / "scripts" / "london_pairs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    checkpoints.save_model(tiny_model(), tmp_path / "model.pt")
+    judge = models.AttributeClassifier(32, ["Smiling"], init_fm=8, hid_dim=16).eval()
+    checkpoints.save_classifier(judge, tmp_path / "judge.pt", {})
+    london = tmp_path / "london"
+    for kind in ("neutral", "smiling"):
+        (london / kind).mkdir(parents=True)
+        for pid in ("001", "002"):
+            (london / kind / f"{pid}.jpg").symlink_to(LONDON / kind / f"{pid}.jpg")
+    args = ["--model", str(tmp_path / "model.pt"), "--judge", str(tmp_path / "judge.pt"),
+            "--london", str(london), "--people", "001", "--cell", "40",
+            "--figure", str(tmp_path / "pairs.png"), "--report", str(tmp_path / "report")]
+    assert script.main(args + ["--replace"] * replace) == 0
+    with Image.open(tmp_path / "pairs.png") as figure:
+        assert figure.size == (6 * 40 + 8, 40)
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows, summary = report["people"], report["summary"]
+    assert [row["person"] for row in rows] == ["001", "002"]
+    assert summary["edited_neutral_judged_smiling"] == sum(
+        row["edited_neutral_smiling"] for row in rows) / 2
+    assert summary["pixels_changed_outside_faces"] == 0
+    assert ("residual=False" in (tmp_path / "report.md").read_text()) == replace
