@@ -295,7 +295,8 @@ def test_interpolation_grid_size(editor):
 
 def test_bundled_model_edits_the_bundled_sample():
     model = editing.load()  # exprfast/pretrained/smiling.pt, shipped in the package
-    assert model.attrs == ("Smiling",) and model.img_size == 64
+    assert model.attrs == ("Smiling",) and model.img_size == 128
+    assert model.reader is not None  # it reads a photo's current values itself
     photo = Image.open(editing.SAMPLE_PHOTOS[0]).convert("RGB")
     smiling = editing.edit_photo(photo, {"Smiling": 1.5}, model=model)
     before, after = np.asarray(photo, dtype=np.int16), np.asarray(smiling, dtype=np.int16)
