@@ -79,7 +79,7 @@ def judge_reads(judge, image, face):
     return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
 
 
-def report(rows, path, replace=False):
+def report(rows, path, residual=True):
     n = len(rows)
     rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     summary = {
@@ -98,8 +98,8 @@ def report(rows, path, replace=False):
     Path(f"{path}.md").write_text("\n".join([
         "# London Set photos through the photo pipeline", "",
         f"{n} people, each photographed neutral and smiling (uncropped, 675 px), edited with "
-        "`exprfast.edit_photo`" + (" (`residual=False`: the model's decoding pasted, not its "
-                                    "change added)" if replace else "")
+        "`exprfast.edit_photo`" + ("" if residual else " (`residual=False`: the model's "
+                                    "decoding pasted, not its change added)")
         + " and read by the independent judge.", "",
         "| | edited | real |", "|---|---|---|",
         f"| judged smiling: neutral photo set to Smiling=1 vs real smile | "
@@ -155,7 +155,7 @@ def main(argv=None):
         print(f"wrote {args.figure}: rows {', '.join(args.people)}; columns neutral | "
               f"Smiling={args.smile} | real smile || smiling | Smiling=0 | real neutral")
     if judge is not None and args.report:
-        print(json.dumps(report(rows, args.report, args.replace), indent=2))
+        print(json.dumps(report(rows, args.report, residual=not args.replace), indent=2))
     return 0
 
 

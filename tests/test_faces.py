@@ -19,10 +19,9 @@ LONDON = REAL_LONDON
 needs_celebahq = pytest.mark.skipif(not CELEBAHQ.is_dir(), reason=f"{CELEBAHQ} absent")
 
 
-def calibration():
-    """scripts/calibrate_faces.py as a module."""
-    spec = importlib.util.spec_from_file_location("calibrate_faces",
-                                                  REPO / "scripts" / "calibrate_faces.py")
+def script(name: str):
+    """scripts/``name``.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -120,7 +119,8 @@ def test_alignment_follows_a_known_transform(sample):
 @needs_celebahq
 def test_calibration_rederived_on_celebahq():
     """The CANONICAL_* constants come back (approximately) from 60 CelebA-HQ training crops."""
-    result = calibration().measure_framing([CELEBAHQ / f"{i}.jpg" for i in range(1, 61)])
+    crops = [CELEBAHQ / f"{i}.jpg" for i in range(1, 61)]
+    result = script("calibrate_faces").measure_framing(crops)
     assert result["faces"] >= 55 and result["eyes"] >= 45
     assert np.allclose(result["box_center"], faces.CANONICAL_BOX_CENTER, atol=0.01)
     assert abs(result["box_size"] - faces.CANONICAL_BOX_SIZE) < 0.02
@@ -132,7 +132,8 @@ def test_calibration_rederived_on_celebahq():
 def test_training_crops_align_to_themselves():
     """CelebA-HQ crops put into bigger photos (scaled, rotated, moved) are cut out again nearly
     as they were: the photo framing matches the training framing."""
-    result = calibration().measure_alignment([CELEBAHQ / f"{i}.jpg" for i in range(4989, 5001)])
+    crops = [CELEBAHQ / f"{i}.jpg" for i in range(4989, 5001)]
+    result = script("calibrate_faces").measure_alignment(crops)
     assert result["found"] >= 10 and result["eyes"] >= 8
     assert result["median"] < 0.06 and result["max"] < 0.25
 
@@ -182,10 +183,7 @@ def test_paste_changes_only_the_masked_pixels(sample):
 def test_london_pairs_report_and_figure(tmp_path, replace):
     """scripts/london_pairs.py on two people with a tiny model and judge: the report's rates are
     the per-person readings, and no pixel away from the faces changes in either paste mode."""
-    spec = importlib.util.spec_from_file_location("london_pairs",
-                                                  REPO / "scripts" / "london_pairs.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    london_pairs = script("london_pairs")
     checkpoints.save_model(tiny_model(), tmp_path / "model.pt")
     judge = models.AttributeClassifier(32, ["Smiling"], init_fm=8, hid_dim=16).eval()
     checkpoints.save_classifier(judge, tmp_path / "judge.pt", {})
@@ -197,7 +195,7 @@ def test_london_pairs_report_and_figure(tmp_path, replace):
     args = ["--model", str(tmp_path / "model.pt"), "--judge", str(tmp_path / "judge.pt"),
             "--london", str(london), "--people", "001", "--cell", "40",
             "--figure", str(tmp_path / "pairs.png"), "--report", str(tmp_path / "report")]
-    assert script.main(args + ["--replace"] * replace) == 0
+    assert london_pairs.main(args + ["--replace"] * replace) == 0
     with Image.open(tmp_path / "pairs.png") as figure:
         assert figure.size == (6 * 40 + 8, 40)
     report = json.loads((tmp_path / "report.json").read_text())
