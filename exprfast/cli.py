@@ -15,7 +15,7 @@ from . import studio, training
 from .checkpoints import load_classifier, load_model, save_model
 from .checks import IMAGE_SUFFIXES, one_line
 from .data import DEFAULT_ATTRS, SPLITS
-from .editing import edit_photo, interpolation_grid, load, save_image
+from .editing import PASTE_MODES, edit_photo, interpolation_grid, load, save_image
 from .evaluation import evaluate, percent, results_markdown, train_classifier, write_results
 from .files import WriteError
 from .models import PRESETS, parameter_table
@@ -86,9 +86,12 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--current", action="append", default=[], metavar="NAME=VALUE",
                         help="the photos' current value of an attribute, if known (otherwise "
                              "estimated by the model); repeatable")
-    parser.add_argument("--replace", action="store_true",
-                        help="paste the model's decoded face instead of adding its change to "
-                             "the photo (blurrier on large faces)")
+    parser.add_argument("--paste", choices=PASTE_MODES, default="hybrid",
+                        help="how the model's output goes into the photo: hybrid (default) "
+                             "takes the model's drawing where it changes the face a lot and "
+                             "adds only the change's brightness elsewhere; residual adds the "
+                             "model's change everywhere (keeps the photo's shapes: fainter); "
+                             "replace pastes the model's decoded face (blurrier)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quality", type=_int_at_least(1, 100), default=95,
                         help="JPEG quality, 1..100 (default 95)")
@@ -120,7 +123,7 @@ def _run_edit(args: argparse.Namespace) -> int:
                 raise ValueError(f"the output {target} would overwrite the photo; choose "
                                  "another -o")
             result, edited = edit_photo(source, changes, editor, face=args.face, current=current,
-                                        residual=not args.replace, return_faces=True)
+                                        paste=args.paste, return_faces=True)
             save_image(result, target, args.quality)
         except (ValueError, OSError, RuntimeError) as error:
             _error("edit", _about(source, error))

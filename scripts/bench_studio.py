@@ -101,12 +101,12 @@ def main(argv=None):
              f"{', '.join(editor.attrs)}); slider move {args.set}. Medians of {args.repeat} "
              f"moves (5 for the last two columns). 1-minute load average {load_before:.2f} "
              f"before, {load_after:.2f} after, on {os.cpu_count()} cores.")
-    notes = ("*render*: `PreparedPhoto.render` (one decode per face, residual added to the kept "
-             "crop, pasted back): what each slider move costs. *+ preview + JPEG*: the page's "
-             "whole handler (`Studio.render`: render, RGB preview) plus the JPEG encode gradio "
-             "does for the page (the browser's transfer and drawing not included). *prepare*: "
-             "detect, align, crop, encode, estimate, decode the current values: once per photo. "
-             "*edit_photo*: everything, every call.")
+    notes = ("*render*: `PreparedPhoto.render` (one decode per face, composed with the kept "
+             "crop (hybrid paste), pasted back): what each slider move costs. *+ preview + "
+             "JPEG*: the page's whole handler (`Studio.render`: render, RGB preview) plus the "
+             "JPEG encode gradio does for the page (the browser's transfer and drawing not "
+             "included). *prepare*: detect, align, crop, encode, estimate, decode the current "
+             "values: once per photo. *edit_photo*: everything, every call.")
     path = write_report(
         args.out, "studio", "Studio latency (per slider move)",
         [("Setup", setup), ("Per photo", markdown_table(list(rows[0]), rows)), ("", notes)],

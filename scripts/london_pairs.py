@@ -6,6 +6,7 @@ same people, edited, next to the real thing, and judged by the independent class
 
 * figure: one row per person in --people; columns neutral | edited to Smiling=1 | real smile ||
   smiling | edited to Smiling=0 | real neutral, each cropped around the detected face;
+* mouths: the same people's mouths, zoomed, edited with each paste mode side by side;
 * report (with --judge): over every person, how often the judge (an ``AttributeClassifier``
   trained on CelebA-HQ's train split, never used in training) reads the edited neutral photos as
   smiling against the real smiling ones, and the edited smiling photos as neutral against the
@@ -25,6 +26,12 @@ from exprfast import editing
 from exprfast.checkpoints import load_classifier
 from exprfast.data import default_data_root
 from exprfast.editing import faces
+PASTE_NOTES = {
+    "hybrid": "the model's decoding where it changes the face a lot, the change's brightness "
+              "added elsewhere",
+    "residual": "the model's change added to the photo",
+    "replace": "the model's decoding pasted",
+}
 
 
 def parse_args(argv):
@@ -35,12 +42,14 @@ def parse_args(argv):
     p.add_argument("--people", nargs="+", default=["001", "012", "024", "034"],
                    help="rows of the figure")
     p.add_argument("--smile", type=float, default=1.0, help="Smiling value set on neutral photos")
-    p.add_argument("--replace", action="store_true",
-                   help="paste the model's decoding instead of adding its change to the photo "
-                        "(exprfast edit --replace): what the decoder itself draws")
+    p.add_argument("--paste", choices=editing.PASTE_MODES, default="hybrid",
+                   help="exprfast edit --paste; replace shows what the decoder itself draws")
     p.add_argument("--cell", type=int, default=200, help="side of each face cell (px)")
     p.add_argument("--london", default=None, help="default ../shared/data/london_faces")
     p.add_argument("--figure", default=None, help="PNG to write")
+    p.add_argument("--mouths", default=None,
+                   help="image to write: the --people's mouths, photo | each --paste mode, "
+                        "rows neutral set to --smile and smiling set to 0")
     p.add_argument("--report", default=None, help="path stem of the .md and .json report")
     return p.parse_args(argv)
 
@@ -53,6 +62,23 @@ def face_cell(image, face, cell):
     return image.crop(box).resize((cell, cell), Image.LANCZOS)
 
 
+def mouth_sheet(london, people, editor, smile, cell):
+    """The mouths of ``people``: per person a row with the neutral photo set to ``smile`` and
+    one with the smiling photo set to 0; columns the photo and each paste mode's edit."""
+    rows = []
+    for pid in people:
+        for kind, value in (("neutral", smile), ("smiling", 0.0)):
+            photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
+            x, y, w, h = faces.detect_faces(np.asarray(photo))[0].box
+            box = (int(x + 0.15 * w), int(y + 0.5 * h), int(x + 0.85 * w), int(y + 1.05 * h))
+            edits = [editing.edit_photo(photo, {"Smiling": value}, model=editor, face=0,
+                                        paste=paste) for paste in editing.PASTE_MODES]
+            rows.append(np.concatenate([
+                np.asarray(im.crop(box).resize((cell, cell * 4 // 5), Image.LANCZOS))
+                for im in [photo, *edits]], axis=1))
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
+
 def changed_outside(before, after, face):
     """Pixels that differ outside the region the face was pasted into."""
     _, (top, left, bottom, right) = faces.photo_mask(face, np.asarray(before).shape)
@@ -61,13 +87,13 @@ def changed_outside(before, after, face):
     return int(diff.sum())
 
 
-def person(london, pid, editor, smile, residual=True):
+def person(london, pid, editor, smile, paste):
     """Both photos of ``pid``, edited, with the detected faces."""
     out = {}
     for kind, value in (("neutral", smile), ("smiling", 0.0)):
         photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
         edited, found = editing.edit_photo(photo, {"Smiling": value}, model=editor, face=0,
-                                           residual=residual, return_faces=True)
+                                           paste=paste, return_faces=True)
         out[kind] = (photo, edited, found[0])
     return out
 
@@ -79,7 +105,7 @@ def judge_reads(judge, image, face):
     return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
 
 
-def report(rows, path, residual=True):
+def report(rows, path, paste):
     n = len(rows)
     rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     summary = {
@@ -98,9 +124,8 @@ def report(rows, path, residual=True):
     Path(f"{path}.md").write_text("\n".join([
         "# London Set photos through the photo pipeline", "",
         f"{n} people, each photographed neutral and smiling (uncropped, 675 px), edited with "
-        "`exprfast.edit_photo`" + ("" if residual else " (`residual=False`: the model's "
-                                    "decoding pasted, not its change added)")
-        + " and read by the independent judge.", "",
+        f"`exprfast.edit_photo` (`paste={paste!r}`: {PASTE_NOTES[paste]}) and read by the "
+        "independent judge.", "",
         "| | edited | real |", "|---|---|---|",
         f"| judged smiling: neutral photo set to Smiling=1 vs real smile | "
         f"{pct(summary['edited_neutral_judged_smiling'])} | "
@@ -124,7 +149,7 @@ def main(argv=None):
     people = ids if judge is not None else args.people
     rows, cells = [], {}
     for pid in people:
-        pair = person(london, pid, editor, args.smile, residual=not args.replace)
+        pair = person(london, pid, editor, args.smile, args.paste)
         (neutral, smiled, face_n), (smiling, unsmiled, face_s) = pair["neutral"], pair["smiling"]
         if pid in args.people:
             cells[pid] = [face_cell(im, f, args.cell) for im, f in
@@ -154,8 +179,14 @@ def main(argv=None):
         sheet.save(args.figure, optimize=True)
         print(f"wrote {args.figure}: rows {', '.join(args.people)}; columns neutral | "
               f"Smiling={args.smile} | real smile || smiling | Smiling=0 | real neutral")
+    if args.mouths:
+        Path(args.mouths).parent.mkdir(parents=True, exist_ok=True)
+        mouth_sheet(london, args.people, editor, args.smile, args.cell).save(args.mouths,
+                                                                             quality=90)
+        print(f"wrote {args.mouths}: rows {', '.join(args.people)} (Smiling={args.smile}, then "
+              f"0); columns photo | {' | '.join(editing.PASTE_MODES)}")
     if judge is not None and args.report:
-        print(json.dumps(report(rows, args.report, residual=not args.replace), indent=2))
+        print(json.dumps(report(rows, args.report, args.paste), indent=2))
     return 0
 
 

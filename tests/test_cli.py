@@ -49,7 +49,8 @@ def test_edit_folder_with_bad_files(model_file, tmp_path, capsys):
 def test_edit_single_file_and_argument_errors(model_file, tmp_path, capsys):
     target = tmp_path / "smile.png"
     assert main(["edit", str(editing.SAMPLE_PHOTOS[0]), "--set", "Smiling=0.8", "-o",
-                 str(target), "--model", str(model_file), "--face", "0", "--replace"]) == 0
+                 str(target), "--model", str(model_file), "--face", "0", "--paste",
+                 "replace"]) == 0
     with Image.open(target) as result:
         assert result.format == "PNG" and result.size == (512, 512)
     assert "1 face" in capsys.readouterr().out

@@ -41,14 +41,14 @@ def photo_for_mode(sample, mode):
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
-@pytest.mark.parametrize("residual", [False, True])
-def test_edit_photo_keeps_size_mode_and_outside_pixels(sample, editor, mode, residual):
+@pytest.mark.parametrize("paste", editing.PASTE_MODES)
+def test_edit_photo_keeps_size_mode_and_outside_pixels(sample, editor, mode, paste):
     photo = photo_for_mode(sample, mode)
-    out, edited = editing.edit_photo(photo, {"Smiling": 1.0}, editor, residual=residual,
+    out, edited = editing.edit_photo(photo, {"Smiling": 1.0}, editor, paste=paste,
                                   return_faces=True)
     assert out.size == photo.size and out.mode == photo.mode and len(edited) == 1
     before, after = np.asarray(photo), np.asarray(out)
-    size = editor.img_size if not residual else int(min(
+    size = editor.img_size if paste == "replace" else int(min(
         editing.photo.MAX_WORK_SIZE, max(editor.img_size, round(edited[0].crop_side))))
     weights, (top, left, bottom, right) = faces.photo_mask(edited[0], before.shape, size)
     outside = np.ones(before.shape[:2], bool)
@@ -69,7 +69,7 @@ def test_edit_photo_applies_exif_orientation(sample, editor, tmp_path):
     with Image.open(path) as raw:
         upright = np.asarray(ImageOps.exif_transpose(raw))
     assert np.abs(upright.astype(int) - np.asarray(sample)).mean() < 3  # JPEG noise only
-    out, edited = editing.edit_photo(path, {"Smiling": 0.0}, editor, residual=False,
+    out, edited = editing.edit_photo(path, {"Smiling": 0.0}, editor, paste="replace",
                                   return_faces=True)
     assert out.size == (upright.shape[1], upright.shape[0]) and out.mode == "RGB"
     assert len(edited) == 1 and abs(edited[0].roll) < 10  # found upright, not sideways
@@ -85,7 +85,7 @@ def test_edit_photo_face_index_and_errors(sample, editor):
     canvas = Image.new("RGB", (1100, 600), (200, 200, 200))
     canvas.paste(sample, (20, 40))
     canvas.paste(sample.resize((300, 300)), (700, 150))
-    out, edited = editing.edit_photo(canvas, {"Smiling": 1}, editor, face=1, residual=False,
+    out, edited = editing.edit_photo(canvas, {"Smiling": 1}, editor, face=1, paste="replace",
                                   return_faces=True)
     assert len(edited) == 1 and edited[0].box[0] > 600  # the smaller face
     assert np.array_equal(np.asarray(out)[:, :600], np.asarray(canvas)[:, :600])
@@ -234,10 +234,38 @@ def test_edit_matches_the_decoder(editor):
     with torch.no_grad():
         expected = editor.model.decode(editor.model.encode(x), torch.tensor([[1.0, 0.0]] * 2))
     torch.testing.assert_close(out, expected)
-    # residual: the change only; setting the current values changes nothing
-    same = editor.edit(x, {"Smiling": 0.0}, current={"Smiling": 0.0,
-                                                    "Mouth_Slightly_Open": 1.0}, residual=True)
-    torch.testing.assert_close(same, x)
+    # residual and hybrid: the change only; setting the current values changes nothing
+    for paste in ("residual", "hybrid"):
+        same = editor.edit(x, {"Smiling": 0.0}, current={"Smiling": 0.0,
+                                                        "Mouth_Slightly_Open": 1.0}, paste=paste)
+        assert torch.equal(same, x)
+
+
+def test_hybrid_paste_draws_large_changes_and_adds_the_brightness_of_small_ones():
+    painter = editing.Editor(PaintingModel())  # img_size 16
+    images = torch.rand(2, 3, 64, 64) * 1.6 - 0.8
+    current = torch.rand(2, 3, 16, 16) * 1.2 - 0.6
+    compose = lambda change: painter.compose(images, current + change, current)  # noqa: E731
+    assert torch.equal(compose(torch.zeros(3, 1, 1)), images)
+    # a small change: its brightness is added, its colour tint is dropped
+    torch.testing.assert_close(compose(torch.tensor([0.03, -0.03, 0.0])[:, None, None]), images)
+    torch.testing.assert_close(compose(torch.full((3, 1, 1), 0.02)), images + 0.02)
+    # a large change everywhere: the decoding, with some of the input's finer detail
+    resize = editing.editor._resize
+    detail = images - resize(resize(images, 16), 64)
+    drawn = resize(current + 0.3, 64) + editing.editor.HYBRID_DETAIL * detail
+    torch.testing.assert_close(compose(torch.full((3, 1, 1), 0.3)), drawn.clamp(-1, 1))
+    # a large change in one corner: drawn there, the input (plus brightness) far from it
+    corner = torch.zeros(1, 1, 16, 16)
+    corner[..., :6, :6] = 0.5
+    out = compose(corner)
+    drawn = resize(current + corner, 64) + editing.editor.HYBRID_DETAIL * detail
+    torch.testing.assert_close(out[..., :8, :8], drawn.clamp(-1, 1)[..., :8, :8])
+    assert torch.equal(out[..., 40:, 40:], images[..., 40:, 40:])
+    with pytest.raises(ValueError, match="paste must be one of hybrid, residual, replace"):
+        painter.compose(images, current, current, paste="blend")
+    with pytest.raises(ValueError, match="paste='residual' needs current_decoded"):
+        painter.compose(images, current, paste="residual")
 
 
 def test_edit_errors(editor):

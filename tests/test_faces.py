@@ -179,8 +179,8 @@ def test_paste_changes_only_the_masked_pixels(sample):
 
 
 @needs_london
-@pytest.mark.parametrize("replace", [False, True])
-def test_london_pairs_report_and_figure(tmp_path, replace):
+@pytest.mark.parametrize("paste", ["hybrid", "replace"])
+def test_london_pairs_report_and_figure(tmp_path, paste):
     """scripts/london_pairs.py on two people with a tiny model and judge: the report's rates are
     the per-person readings, and no pixel away from the faces changes in either paste mode."""
     london_pairs = script("london_pairs")
@@ -194,14 +194,17 @@ def test_london_pairs_report_and_figure(tmp_path, replace):
             (london / kind / f"{pid}.jpg").symlink_to(LONDON / kind / f"{pid}.jpg")
     args = ["--model", str(tmp_path / "model.pt"), "--judge", str(tmp_path / "judge.pt"),
             "--london", str(london), "--people", "001", "--cell", "40",
-            "--figure", str(tmp_path / "pairs.png"), "--report", str(tmp_path / "report")]
-    assert london_pairs.main(args + ["--replace"] * replace) == 0
+            "--figure", str(tmp_path / "pairs.png"), "--report", str(tmp_path / "report"),
+            "--mouths", str(tmp_path / "mouths.png")]
+    assert london_pairs.main(args + ["--paste", paste]) == 0
     with Image.open(tmp_path / "pairs.png") as figure:
         assert figure.size == (6 * 40 + 8, 40)
+    with Image.open(tmp_path / "mouths.png") as mouths:  # photo + 3 paste modes, 2 rows
+        assert mouths.size == (4 * 40, 2 * 32)
     report = json.loads((tmp_path / "report.json").read_text())
     rows, summary = report["people"], report["summary"]
     assert [row["person"] for row in rows] == ["001", "002"]
     assert summary["edited_neutral_judged_smiling"] == sum(
         row["edited_neutral_smiling"] for row in rows) / 2
     assert summary["pixels_changed_outside_faces"] == 0
-    assert ("residual=False" in (tmp_path / "report.md").read_text()) == replace
+    assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()

@@ -1,10 +1,12 @@
 """Edit whole photos: every face is detected, aligned to the training framing, edited and pasted
 back with a feathered mask (``faces``); and Fader Networks' interpolation grid.
 
-By default (``residual=True``) ``edit_photo`` adds the model's *change* ``decode(z, new) -
-decode(z, current)`` (upsampled) to the photo's own face crop, which keeps the photo's resolution
-and detail. ``residual=False`` pastes the model's decoding itself (at the model's resolution, so
-blurrier on large faces, but independent of the current values).
+``paste`` says how the model's output goes into the photo's face crop (``editor`` module
+docstring): ``"hybrid"`` (the default) takes the model's decoding where it changes the face a lot
+(the mouth) and adds only the change's brightness elsewhere; ``"residual"`` adds the model's
+*change* ``decode(z, new) - decode(z, current)`` everywhere; both work at the photo's resolution
+and keep its detail. ``"replace"`` pastes the model's decoding itself (at the model's
+resolution, so blurrier on large faces, but independent of the current values).
 """
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ from ..checks import one_line
 from ..checkpoints import PACKAGE_DIR
 from ..files import atomic_write
 from . import faces as facelib
-from .editor import Editor, load
+from .editor import Editor, check_paste, load
 
 SAMPLES_DIR = PACKAGE_DIR / "samples"
 # CC BY 4.0 photos of the Face Research Lab London Set (see samples/README.md).
 SAMPLE_PHOTOS = [SAMPLES_DIR / "london_007.jpg", SAMPLES_DIR / "london_042.jpg"]
-MAX_WORK_SIZE = 1024  # largest face crop (px) a photo edit works at in residual mode
+MAX_WORK_SIZE = 1024  # largest face crop (px) a hybrid or residual photo edit works at
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -34,13 +36,13 @@ class NoFaceFound(ValueError):
 
 
 def edit_photo(image, changes: Mapping[str, float], model=None, face: int | None = None, *,
-               current: Mapping[str, float] | None = None, residual: bool = True,
+               current: Mapping[str, float] | None = None, paste: str = "hybrid",
                return_faces: bool = False):
     """``image`` (a PIL image or a path; any size, JPEG/PNG/..., RGB, RGBA, L, ...) with the
     attributes of its faces set as ``changes`` says.
 
     Faces are detected, aligned to the training framing, edited (see the module docstring for
-    ``current`` and ``residual``) and pasted back with a feathered mask; every pixel away from
+    ``current`` and ``paste``) and pasted back with a feathered mask; every pixel away from
     the faces is left exactly as it was. ``face``: edit only face ``face`` (faces are numbered
     largest first), default all. ``model``: an :class:`Editor`, a ``FaderModel``, a model file
     path or None (the bundled model). The EXIF orientation is applied first, so the result is
@@ -49,10 +51,11 @@ def edit_photo(image, changes: Mapping[str, float], model=None, face: int | None
 
     Returns the edited PIL image, or ``(image, faces)`` with the edited ``faces.Face`` objects
     when ``return_faces`` (``Face.aligned_by`` says whether eyes were found).
-    Raises NoFaceFound when no face is found, ValueError for unknown attributes or a bad
-    ``face`` index.
+    Raises NoFaceFound when no face is found, ValueError for unknown attributes, a bad ``face``
+    index or ``paste`` mode.
     """
     editor = _editor(model)
+    check_paste(paste)
     changes = editor.check_changes(changes)
     photo, name = _open(image)
     info = {k: photo.info[k] for k in ("icc_profile", "exif", "dpi") if k in photo.info}
@@ -69,10 +72,10 @@ def edit_photo(image, changes: Mapping[str, float], model=None, face: int | None
     target = pixels if mode != "L" else np.asarray(photo.convert("L"))
     for detected in found:
         size = editor.img_size
-        if residual:
+        if paste != "replace":
             size = int(min(MAX_WORK_SIZE, max(size, round(detected.crop_side))))
         crop = facelib.crop_face(pixels, detected, size)
-        edited = editor.edit(crop, changes, current=current, residual=residual)
+        edited = editor.edit(crop, changes, current=current, paste=paste)
         if mode == "L":
             edited = np.asarray(Image.fromarray(edited).convert("L"))
         target = facelib.paste_face(target, edited, detected)

@@ -3,11 +3,11 @@
 ``edit_photo`` detects, aligns, encodes and estimates on every call. A ``PreparedPhoto`` does
 that once: it keeps, per face, the crop, the latent ``z``, the current values (the model's
 reading, ``Editor.prepare``) and ``decode(z, current)``; ``render(changes)`` then only decodes
-the new values, adds the change to the crop (``Editor.compose``) and pastes it back
-(``faces.paste_face``): one decode per face per call.
+the new values, composes them with the crop (``Editor.compose``, hybrid paste) and pastes it
+back (``faces.paste_face``): one decode per face per call.
 
 ``render(changes, face)`` gives the same pixels as ``edit_photo(image, changes, model, face,
-current=current)`` (residual mode) with one exception: with several faces, ``edit_photo``
+current=current)`` (its default hybrid paste) with one exception: with several faces, ``edit_photo``
 crops and encodes each face from the photo with the faces before it already pasted, which
 differs from the original only where a face's crop overlaps an earlier face's paste-back
 region. ``render`` re-crops those faces from the partly edited photo as ``edit_photo`` does,
@@ -30,7 +30,7 @@ from .photo import MAX_WORK_SIZE, NoFaceFound, _editor, _open, _split_modes
 @dataclass
 class _PreparedFace:
     face: facelib.Face
-    crop: np.ndarray  # uint8 (S, S, 3) crop of the original photo, S = the residual work size
+    crop: np.ndarray  # uint8 (S, S, 3) crop of the original photo at the work size S
     z: torch.Tensor  # (1, ...) latent on the model's device
     values: torch.Tensor  # (1, n_attrs) current values on the model's device
     current_decoded: torch.Tensor  # decode(z, values), (1, 3, img_size, img_size)
