@@ -1,17 +1,20 @@
-"""Face detection, alignment, crop and paste-back (exprfast.editing.faces), and the calibration
-script's measurements on real crops."""
+"""Face detection, alignment, crop and paste-back (exprfast.editing.faces), and the scripts that
+measure faces: the calibration on real crops, the London report, the slider strength."""
 import importlib.util
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("cv2", reason="exprfast.editing.faces needs opencv-python-headless<5")
 
-from conftest import REAL_CELEBAHQ, REAL_LONDON, REPO, needs_london, tiny_model  # noqa: E402
+from conftest import (REAL_CELEBAHQ, REAL_LONDON, REPO, make_celebahq, needs_london,  # noqa: E402
+                      tiny_model)
 from exprfast import checkpoints, editing, models  # noqa: E402
+from exprfast.data import open_split  # noqa: E402
 from exprfast.editing import faces  # noqa: E402
 
 CELEBAHQ = REAL_CELEBAHQ / "images256"
@@ -208,3 +211,33 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
         row["edited_neutral_smiling"] for row in rows) / 2
     assert summary["pixels_changed_outside_faces"] == 0
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- slider strength
+
+
+def test_slider_strength_report(tmp_path):
+    """scripts/slider_strength.py on synthetic faces with a tiny model: every cell is the mean
+    edit's projection on the real smiling-minus-non-smiling difference, in units of it."""
+    slider_strength = script("slider_strength")
+    root = make_celebahq(tmp_path / "data", n=80, size=32)
+    model = tiny_model()
+    checkpoints.save_model(model, tmp_path / "model.pt")
+    assert slider_strength.main(["--model", str(tmp_path / "model.pt"), "--data-root", str(root),
+                                 "--values", "0", "1", "--pastes", "replace",
+                                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "slider_strength.json").read_text())
+    data = open_split(root, 32, "val", attrs=["Smiling"])
+    faces_, labels = map(torch.stack, zip(*(data[i] for i in range(len(data)))))
+    present = labels[:, 0] > 0.5
+    assert report["faces"] == len(faces_) and report["smiling"] == int(present.sum()) > 0
+    direction = faces_[present].mean(0) - faces_[~present].mean(0)
+    editor = editing.load(tmp_path / "model.pt")
+    neutral = faces_[~present]
+    with torch.no_grad():
+        decoded = editor.model.decode(editor.model.encode(neutral), torch.ones(len(neutral), 1))
+    expected = ((decoded - neutral).mean(0) * direction).sum() / direction.pow(2).sum()
+    measured = report["pastes"]["replace"]["non_smiling_set_to"]
+    assert measured[1] == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+    assert "| replace: smiling faces set to s, along −d |" in (
+        tmp_path / "slider_strength.md").read_text()
