@@ -26,6 +26,7 @@ from exprfast import editing
 from exprfast.checkpoints import load_classifier
 from exprfast.data import default_data_root
 from exprfast.editing import faces
+
 PASTE_NOTES = {
     "hybrid": "the model's decoding where it changes the face a lot, the change's brightness "
               "added elsewhere",

@@ -5,5 +5,5 @@ from .editor import PASTE_MODES, Editor, load
 from .photo import SAMPLE_PHOTOS, NoFaceFound, edit_photo, interpolation_grid, save_image
 from .session import PreparedPhoto
 
-__all__ = ["Editor", "NoFaceFound", "PASTE_MODES", "PreparedPhoto", "SAMPLE_PHOTOS", "edit_photo",
-           "interpolation_grid", "load", "save_image"]
+__all__ = ["Editor", "NoFaceFound", "PASTE_MODES", "PreparedPhoto", "SAMPLE_PHOTOS",
+           "edit_photo", "interpolation_grid", "load", "save_image"]

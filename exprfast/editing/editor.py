@@ -38,7 +38,8 @@ ESTIMATE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 PASTE_MODES = ("hybrid", "residual", "replace")
 # hybrid paste: the decoding's weight rises from 0 to 1 as the model's local change (mean
 # absolute, in [-1, 1] units, smoothed) goes from 0.04 to 0.10, i.e. ~5 to ~13 grey levels:
-# picked on the London photos, where it covers the mouth and the creases beside it. Inside,
+# picked by eye on four London photos, where it covers the mouth and the creases beside it (an
+# absolute threshold: one relative to each face's largest change covered whole faces). Inside,
 # 0.3 of the input's detail above the model's resolution is kept: more brings back the old
 # mouth's edges (a ghost of closed lips or teeth), none leaves the skin there flat.
 HYBRID_CHANGE = (0.04, 0.10)

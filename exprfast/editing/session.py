@@ -7,11 +7,11 @@ the new values, composes them with the crop (``Editor.compose``, hybrid paste) a
 back (``faces.paste_face``): one decode per face per call.
 
 ``render(changes, face)`` gives the same pixels as ``edit_photo(image, changes, model, face,
-current=current)`` (its default hybrid paste) with one exception: with several faces, ``edit_photo``
-crops and encodes each face from the photo with the faces before it already pasted, which
-differs from the original only where a face's crop overlaps an earlier face's paste-back
-region. ``render`` re-crops those faces from the partly edited photo as ``edit_photo`` does,
-but keeps the latent and current values computed from the original photo.
+current=current)`` (its default hybrid paste) with one exception: with several faces,
+``edit_photo`` crops and encodes each face from the photo with the faces before it already
+pasted, which differs from the original only where a face's crop overlaps an earlier face's
+paste-back region. ``render`` re-crops those faces from the partly edited photo as
+``edit_photo`` does, but keeps the latent and current values computed from the original photo.
 """
 from __future__ import annotations
 
