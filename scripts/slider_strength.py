@@ -14,7 +14,6 @@ benchmarks/slider_strength.md and .json.
 import argparse
 import sys
 
-import torch
 
 from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
@@ -45,7 +44,7 @@ def main(argv=None):
     editor = editing.load(args.model)
     data = open_split(args.data_root, editor.img_size, "val", attrs=[args.attr],
                       limit=args.limit)
-    faces, labels = map(torch.stack, zip(*(data[i] for i in range(len(data)))))
+    faces, labels = data.batch(range(len(data)))
     present = labels[:, 0] > 0.5
     smiling, neutral = faces[present], faces[~present]
     direction = smiling.mean(0) - neutral.mean(0)

@@ -228,7 +228,7 @@ def test_slider_strength_report(tmp_path):
                                  "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "slider_strength.json").read_text())
     data = open_split(root, 32, "val", attrs=["Smiling"])
-    faces_, labels = map(torch.stack, zip(*(data[i] for i in range(len(data)))))
+    faces_, labels = data.batch(range(len(data)))
     present = labels[:, 0] > 0.5
     assert report["faces"] == len(faces_) and report["smiling"] == int(present.sum()) > 0
     direction = faces_[present].mean(0) - faces_[~present].mean(0)
