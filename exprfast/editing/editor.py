@@ -184,7 +184,7 @@ class Editor:
     @torch.inference_mode()
     def compose(self, images: torch.Tensor, decoded: torch.Tensor,
                 current_decoded: torch.Tensor | None = None,
-                paste: str = "hybrid") -> torch.Tensor:
+                paste: str = "hybrid", detail: torch.Tensor | None = None) -> torch.Tensor:
         """The last step of ``edit``: the edited faces from the model's decodings.
 
         images: the faces, float ``(N, 3, S, S)`` in [-1, 1] on the model's device.
@@ -192,10 +192,12 @@ class Editor:
         current_decoded: ``decode(z, current values)``; needed unless ``paste`` is
             ``"replace"``.
         paste: one of ``PASTE_MODES`` (module docstring).
+        detail: ``self.detail(images)``, for callers that keep it (hybrid paste); default
+            computed here.
 
         Returns float ``(N, 3, S, S)`` clamped to [-1, 1]. Callers that re-edit the same faces
-        keep ``z`` and ``current_decoded`` (``prepare``) and decode only the new values
-        (``exprfast.editing.PreparedPhoto``).
+        keep ``z``, ``current_decoded`` (``prepare``) and ``detail``, and decode only the new
+        values (``exprfast.editing.PreparedPhoto``).
         """
         check_paste(paste)
         size = images.shape[-1]
@@ -211,10 +213,16 @@ class Editor:
         local = _box_blur(change.abs().mean(1, keepdim=True), k)
         weight = _box_blur(local.sub(low).div(high - low).clamp(0, 1), k)
         weight = _resize(weight, size).clamp_(0, 1)
-        detail = images - _resize(_resize(images, self.img_size), size)
+        if detail is None:
+            detail = self.detail(images)
         brightness = _resize(change.mean(1, keepdim=True), size)
         drawn = _resize(decoded, size) + HYBRID_DETAIL * detail
         return torch.lerp(images + brightness, drawn, weight).clamp_(-1, 1)
+
+    def detail(self, images: torch.Tensor) -> torch.Tensor:
+        """The part of faces ``images`` (float ``(N, 3, S, S)``) finer than the model's
+        resolution: what the hybrid paste keeps of them where it takes the decoding."""
+        return images - _resize(_resize(images, self.img_size), images.shape[-1])
 
     @torch.inference_mode()
     def prepare(self, images, current: Mapping[str, float] | None = None):

@@ -2,7 +2,8 @@
 
 ``edit_photo`` detects, aligns, encodes and estimates on every call. A ``PreparedPhoto`` does
 that once: it keeps, per face, the crop, the latent ``z``, the current values (the model's
-reading, ``Editor.prepare``) and ``decode(z, current)``; ``render(changes)`` then only decodes
+reading, ``Editor.prepare``), ``decode(z, current)`` and the crop's fine detail
+(``Editor.detail``); ``render(changes)`` then only decodes
 the new values, composes them with the crop (``Editor.compose``, hybrid paste) and pastes it
 back (``faces.paste_face``): one decode per face per call.
 
@@ -34,6 +35,7 @@ class _PreparedFace:
     z: torch.Tensor  # (1, ...) latent on the model's device
     values: torch.Tensor  # (1, n_attrs) current values on the model's device
     current_decoded: torch.Tensor  # decode(z, values), (1, 3, img_size, img_size)
+    detail: torch.Tensor  # Editor.detail of the crop, (1, 3, S, S): the same for every render
 
 
 class PreparedPhoto:
@@ -76,7 +78,8 @@ class PreparedPhoto:
         size = int(min(MAX_WORK_SIZE, max(editor.img_size, round(face.crop_side))))
         crop = facelib.crop_face(self._pixels, face, size)
         z, values = editor.prepare(crop[None], current)
-        return _PreparedFace(face, crop, z, values, editor.model.decode(z, values))
+        detail = editor.detail(_Restore(crop, editor.device).tensor)
+        return _PreparedFace(face, crop, z, values, editor.model.decode(z, values), detail)
 
     # -- the values
 
@@ -110,15 +113,17 @@ class PreparedPhoto:
         pasted = False
         for k in indices:
             prepared = self._prepared[k]
-            crop = prepared.crop
+            crop, detail = prepared.crop, prepared.detail
             if pasted and not grey:  # as edit_photo: crop from the photo edited so far
                 crop = facelib.crop_face(pixels, prepared.face, crop.shape[0])
+                detail = None  # compose takes it from these pixels
             target_values = prepared.values.clone()
             for name, value in changes.items():
                 target_values[:, self.attrs.index(name)] = value
             restore = _Restore(crop, editor.device)
             decoded = editor.model.decode(prepared.z, target_values)
-            edited = restore(editor.compose(restore.tensor, decoded, prepared.current_decoded))
+            edited = restore(editor.compose(restore.tensor, decoded, prepared.current_decoded,
+                                            detail=detail))
             if grey:
                 edited = np.asarray(Image.fromarray(edited).convert("L"))
             target = facelib.paste_face(target, edited, prepared.face)
