@@ -9,6 +9,8 @@
   of each attribute -- every image decoded with the attribute set to 0, then to 1 (the others
   kept at their true values), and the fraction the classifier reads back as the value set.
   ``write_results`` writes the numbers as JSON and as a markdown table.
+* ``edit_strength``: how far edits move faces along a direction such as the mean smiling face
+  minus the mean neutral one (``scripts/slider_strength.py``, ``scripts/london_pairs.py``).
 
 Data comes from ``data.open_split``: the same data-root rule as training (CelebA-HQ or class
 folders).
@@ -58,6 +60,15 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     _check_same_shape(x, y)
     return _msssim_ssim((x + 1) / 2, (y + 1) / 2, data_range=1.0, size_average=False)
+
+
+def edit_strength(before: torch.Tensor, after: torch.Tensor, direction: torch.Tensor) -> float:
+    """How far edits moved ``(N, C, H, W)`` faces along ``direction`` (e.g. the mean smiling face
+    minus the mean neutral one), on average, in units of it: the mean of ``after - before``
+    projected on ``direction``. 1 = as far as ``direction`` itself."""
+    _check_same_shape(before, after)
+    change = (after.double() - before.double()).mean(0)
+    return float((change * direction).sum() / direction.double().pow(2).sum())
 
 
 # ----------------------------------------------------------------------------- classifier

@@ -10,8 +10,11 @@ same people, edited, next to the real thing, and judged by the independent class
 * report (with --judge): over every person, how often the judge (an ``AttributeClassifier``
   trained on CelebA-HQ's train split, never used in training) reads the edited neutral photos as
   smiling against the real smiling ones, and the edited smiling photos as neutral against the
-  real neutral ones; the model's own reading of each photo; and the number of pixels changed
-  outside the pasted face regions (must be 0). The London Set (CC BY 4.0) is in ../shared/data.
+  real neutral ones; the model's own reading of each photo; the number of pixels changed
+  outside the pasted face regions (must be 0); and how strong the edits are: with d = the same
+  people's mean smiling face minus their mean neutral face (aligned crops at the model's
+  resolution), the mean change of the edited neutral faces projected on d, in units of d (1 =
+  as far as these people's real smiles), and that of the edited smiling faces on -d. The London Set (CC BY 4.0) is in ../shared/data.
 """
 import argparse
 import json
@@ -24,8 +27,9 @@ from PIL import Image
 
 from exprfast import editing
 from exprfast.checkpoints import load_classifier
-from exprfast.data import default_data_root
+from exprfast.data import default_data_root, to_tensor
 from exprfast.editing import faces
+from exprfast.evaluation import edit_strength
 
 PASTE_NOTES = {
     "hybrid": "the model's decoding where it changes the face a lot, the change's brightness "
@@ -106,7 +110,15 @@ def judge_reads(judge, image, face):
     return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
 
 
-def report(rows, path, paste):
+def strengths(crops):
+    """Edit strengths along the real smile (``crops``: per kind, the people's aligned faces)."""
+    x = {kind: to_tensor(np.stack(images)) for kind, images in crops.items()}
+    real = x["smiling"].mean(0) - x["neutral"].mean(0)
+    return {"neutral": edit_strength(x["neutral"], x["smiled"], real),
+            "smiling": edit_strength(x["smiling"], x["unsmiled"], -real)}
+
+
+def report(rows, strength, path, paste, smile):
     n = len(rows)
     rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     summary = {
@@ -118,6 +130,9 @@ def report(rows, path, paste):
         "model_reading_neutral_mean": float(np.mean([r["reading_neutral"] for r in rows])),
         "model_reading_smiling_mean": float(np.mean([r["reading_smiling"] for r in rows])),
         "pixels_changed_outside_faces": sum(r["changed_outside"] for r in rows),
+        "smile_value": smile,
+        "strength_neutral_set_to_smile": strength["neutral"],
+        "strength_smiling_set_to_0": strength["smiling"],
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.json").write_text(json.dumps({"summary": summary, "people": rows}, indent=2))
@@ -128,7 +143,7 @@ def report(rows, path, paste):
         f"`exprfast.edit_photo` (`paste={paste!r}`: {PASTE_NOTES[paste]}) and read by the "
         "independent judge.", "",
         "| | edited | real |", "|---|---|---|",
-        f"| judged smiling: neutral photo set to Smiling=1 vs real smile | "
+        f"| judged smiling: neutral photo set to Smiling={smile:g} vs real smile | "
         f"{pct(summary['edited_neutral_judged_smiling'])} | "
         f"{pct(summary['real_smiling_judged_smiling'])} |",
         f"| judged neutral: smiling photo set to Smiling=0 vs real neutral | "
@@ -137,7 +152,12 @@ def report(rows, path, paste):
         f"Model's reading of Smiling (mean): neutral photos "
         f"{summary['model_reading_neutral_mean']:.2f}, smiling photos "
         f"{summary['model_reading_smiling_mean']:.2f}. Pixels changed outside the pasted face "
-        f"regions: {summary['pixels_changed_outside_faces']}.", ""]))
+        f"regions: {summary['pixels_changed_outside_faces']}.", "",
+        f"Strength (d = these people's mean smiling face minus their mean neutral face, aligned "
+        f"crops at the model's resolution; 1 = as far as their real smiles): the neutral faces "
+        f"set to Smiling={smile:g} moved {summary['strength_neutral_set_to_smile']:.2f} of d; "
+        f"the smiling faces set to 0 moved {summary['strength_smiling_set_to_0']:.2f} of -d.",
+        ""]))
     return summary
 
 
@@ -148,7 +168,7 @@ def main(argv=None):
     judge = load_classifier(args.judge) if args.judge else None
     ids = sorted(p.stem for p in (london / "neutral").glob("*.jpg"))
     people = ids if judge is not None else args.people
-    rows, cells = [], {}
+    rows, cells, crops = [], {}, {"neutral": [], "smiled": [], "smiling": [], "unsmiled": []}
     for pid in people:
         pair = person(london, pid, editor, args.smile, args.paste)
         (neutral, smiled, face_n), (smiling, unsmiled, face_s) = pair["neutral"], pair["smiling"]
@@ -157,9 +177,11 @@ def main(argv=None):
                           ((neutral, face_n), (smiled, face_n), (smiling, face_s),
                            (smiling, face_s), (unsmiled, face_s), (neutral, face_n))]
         if judge is not None:
-            readings = [float(editor.estimate(faces.crop_face(np.asarray(im), f, editor.img_size)
-                                              [None])[0, 0])
-                        for im, f in ((neutral, face_n), (smiling, face_s))]
+            for kind, im, f in (("neutral", neutral, face_n), ("smiled", smiled, face_n),
+                                ("smiling", smiling, face_s), ("unsmiled", unsmiled, face_s)):
+                crops[kind].append(faces.crop_face(np.asarray(im), f, editor.img_size))
+            readings = [float(editor.estimate(crops[kind][-1][None])[0, 0])
+                        for kind in ("neutral", "smiling")]
             rows.append({
                 "person": pid,
                 "edited_neutral_smiling": judge_reads(judge, smiled, face_n),
@@ -187,7 +209,8 @@ def main(argv=None):
         print(f"wrote {args.mouths}: rows {', '.join(args.people)} (Smiling={args.smile}, then "
               f"0); columns photo | {' | '.join(editing.PASTE_MODES)}")
     if judge is not None and args.report:
-        print(json.dumps(report(rows, args.report, args.paste), indent=2))
+        print(json.dumps(report(rows, strengths(crops), args.report, args.paste, args.smile),
+                         indent=2))
     return 0
 
 

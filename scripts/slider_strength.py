@@ -14,10 +14,10 @@ benchmarks/slider_strength.md and .json.
 import argparse
 import sys
 
-
 from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
 from exprfast.data import open_split
+from exprfast.evaluation import edit_strength
 
 
 def parse_args(argv):
@@ -34,11 +34,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def along(change, direction):
-    """Mean of ``change`` (N, 3, S, S) projected on ``direction``, in units of it."""
-    return float((change.mean(0) * direction).sum() / direction.pow(2).sum())
-
-
 def main(argv=None):
     args = parse_args(argv)
     editor = editing.load(args.model)
@@ -49,14 +44,15 @@ def main(argv=None):
     smiling, neutral = faces[present], faces[~present]
     direction = smiling.mean(0) - neutral.mean(0)
     reconstructed = editor.edit(faces, {}, paste="replace")
-    ceiling = along(reconstructed[present], direction) - along(reconstructed[~present], direction)
+    drawn = reconstructed[present].mean(0) - reconstructed[~present].mean(0)
+    ceiling = float((drawn * direction).sum() / direction.pow(2).sum())
     rows, payload = [], {"faces": len(faces), "smiling": len(smiling),
                          "reconstruction_ceiling": ceiling, "pastes": {}}
     for paste in args.pastes:
-        up = [along(editor.edit(neutral, {args.attr: s}, paste=paste) - neutral, direction)
+        up = [edit_strength(neutral, editor.edit(neutral, {args.attr: s}, paste=paste), direction)
               for s in args.values]
-        down = [along(editor.edit(smiling, {args.attr: s}, paste=paste) - smiling, -direction)
-                for s in args.values]
+        down = [edit_strength(smiling, editor.edit(smiling, {args.attr: s}, paste=paste),
+                              -direction) for s in args.values]
         payload["pastes"][paste] = {"values": args.values, "non_smiling_set_to": up,
                                     "smiling_set_to": down}
         for name, projections in ((f"{paste}: non-smiling faces set to s, along d", up),

@@ -108,6 +108,20 @@ def test_metrics_reject_mismatched_shapes():
 # ----------------------------------------------------------------------------- swap accuracy
 
 
+def test_edit_strength_is_the_mean_change_along_the_direction_in_its_units():
+    torch.manual_seed(0)
+    before = torch.rand(6, 3, 8, 8)
+    direction = torch.randn(3, 8, 8)
+    other = torch.randn(3, 8, 8)
+    other -= (other * direction).sum() / direction.pow(2).sum() * direction  # orthogonal to it
+    scale = torch.tensor([0.2, 0.4, 0.6, 0.8, 1.0, 1.2]).view(6, 1, 1, 1)  # mean 0.7
+    after = before + scale * direction + other
+    assert evaluation.edit_strength(before, after, direction) == pytest.approx(0.7, rel=1e-6)
+    assert evaluation.edit_strength(before, before + other, direction) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError):
+        evaluation.edit_strength(before, after[:3], direction)
+
+
 def test_swap_accuracy_is_perfect_when_the_decoder_shows_the_labels():
     labels = balanced_labels()
     model = PaintingModel(["Smiling", "Male"])

@@ -210,6 +210,8 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert summary["edited_neutral_judged_smiling"] == sum(
         row["edited_neutral_smiling"] for row in rows) / 2
     assert summary["pixels_changed_outside_faces"] == 0
+    assert all(math.isfinite(summary[key]) for key in ("strength_neutral_set_to_smile",
+                                                        "strength_smiling_set_to_0"))
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
 
 

@@ -9,9 +9,11 @@ exaggerates).
 latent code has (by design) forgotten them. Each attribute not in ``changes`` takes the value
 given in ``current``, else the model's reading of the face: with a model file that carries an
 ``AttributeReader`` (trained with ``--lambda-clf``), the reader's probability that the
-attribute is present; without one, the value among ``ESTIMATE_GRID`` (0, 0.25, ..., 1) whose
-decoding reconstructs the input best (mean squared error; one coordinate sweep per attribute,
-twice when there are several; one decode per grid value and attribute).
+attribute is present, averaged over the face and its mirror image (more often right on the
+validation split than the face alone; README, "Edit your photos"); without one, the value among
+``ESTIMATE_GRID`` (0, 0.25, ..., 1) whose decoding reconstructs the input best (mean squared
+error; one coordinate sweep per attribute, twice when there are several; one decode per grid
+value and attribute).
 
 **Pasting** (``paste``): ``"replace"`` returns the decoding ``decode(z, new)`` itself (at the
 model's resolution, resized). ``"residual"`` returns ``images + decode(z, new) - decode(z,
@@ -124,7 +126,8 @@ class Editor:
             values[:, given] = known[given]
             free = [j for j in free if not given[j]]
         if self.reader is not None and free:
-            values[:, free] = self.reader.probabilities(x)[:, free]
+            mirrored = self.reader.probabilities(torch.cat([x, x.flip(3)]))
+            values[:, free] = ((mirrored[:n] + mirrored[n:]) / 2)[:, free]
             return values
         grid = torch.tensor(ESTIMATE_GRID, device=x.device)
         g = len(grid)
