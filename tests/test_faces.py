@@ -243,3 +243,30 @@ def test_slider_strength_report(tmp_path):
     assert measured[1] == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
     assert "| replace: smiling faces set to s, along −d |" in (
         tmp_path / "slider_strength.md").read_text()
+
+
+# ----------------------------------------------------------------------------- reader accuracy
+
+
+def test_reader_accuracy_report(tmp_path):
+    """scripts/reader_accuracy.py: the reader of the face alone and the editor's mirrored mean,
+    scored against the split's labels; a model without a reader is refused by name."""
+    reader_accuracy = script("reader_accuracy")
+    root = make_celebahq(tmp_path / "data", n=80, size=32)
+    torch.manual_seed(3)
+    reader = models.AttributeReader(32, ["Smiling"]).eval()
+    checkpoints.save_model(tiny_model(), tmp_path / "model.pt", reader=reader, half=False)
+    assert reader_accuracy.main(["--model", str(tmp_path / "model.pt"), "--data-root", str(root),
+                                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "reader_accuracy_val.json").read_text())
+    faces_, labels = open_split(root, 32, "val", attrs=["Smiling"]).batch(range(report["faces"]))
+    with torch.no_grad():
+        alone = reader.probabilities(faces_)
+        mirrored = (alone + reader.probabilities(faces_.flip(3))) / 2
+    for name, readings in (("the face alone", alone),
+                           ("face and mirror image (Editor.estimate)", mirrored)):
+        expected = ((readings > 0.5).float() == labels).float().mean().item()
+        assert report["readings"][name]["accuracy"][0] == pytest.approx(expected)
+    checkpoints.save_model(tiny_model(), tmp_path / "plain.pt")
+    with pytest.raises(SystemExit, match="no attribute reader"):
+        reader_accuracy.main(["--model", str(tmp_path / "plain.pt"), "--data-root", str(root)])
