@@ -4,7 +4,9 @@ Builds one ``Trainer`` per recipe on the same CelebA-HQ images in one process an
 ``train_step`` in interleaved rounds (so a busy moment hits every recipe alike); reports the
 median step time and its ratio to the paper recipe. Writes benchmarks/recipes.md and .json.
 
-    python scripts/bench_recipes.py --img-size 128 --precision bf16
+    python scripts/bench_recipes.py --img-size 128 --precision bf16 --rounds 12 --recipes \
+        "+clf (reader trained alongside)" "+clf (reader trained alongside), two decode calls" \
+        "+clf (reader frozen)" "+clf +patch" "+clf +patch on the reader" "paper, latent reused"
     python scripts/bench_recipes.py --img-size 128 --precision fp32 --base fader \
         --recipes "paper, latent reused" "paper bf16" "paper bf16, latent reused" --name presets128
 """
@@ -29,12 +31,28 @@ RECIPES = {
     "paper, latent reused": {"reuse_latent": True},
 }
 # Not timed unless named: the presets and precisions of issue 10's step-time targets, to be
-# timed side by side with --base fader.
+# timed side by side with --base fader; and the classifier-loss step with two decode calls.
+TWO_DECODES = "+clf (reader trained alongside), two decode calls"
 COMPARISONS = {
     "fader": {"preset": "fader"},
     "paper bf16": {"precision": "bf16"},
     "paper bf16, latent reused": {"precision": "bf16", "reuse_latent": True},
+    TWO_DECODES: {"lambda_clf": 0.05},
 }
+
+
+def decode_separately(trainer):
+    """The classifier-loss step as it was before ``FaderModel.decode_many``: the reconstruction
+    and the edit decoded by two calls, each convolving z in the first layer (the baseline the
+    shared first layer is timed against)."""
+    model = trainer.model
+
+    def forward(x, attrs, flipped=None):
+        z = model.encode(x)
+        x_flip = None if flipped is None else model.decode(z, flipped)
+        return z, model.decode(z, attrs), x_flip
+
+    trainer.autoencoder.forward = forward
 
 
 def parse_args(argv):
@@ -66,6 +84,8 @@ def main(argv=None):
                               torch.device("cpu"))
                 for name, changes in every.items()
                 if name in ("paper", args.base) or name in args.recipes}
+    if TWO_DECODES in trainers:
+        decode_separately(trainers[TWO_DECODES])
     for trainer in trainers.values():  # warm-up (and past clf_train_steps for the frozen one)
         trainer.train_step()
         trainer.train_step()

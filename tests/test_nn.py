@@ -51,6 +51,39 @@ def test_layer_rejects_bad_arguments():
         UpLabelConv2d(3, 2, 3)(torch.randn(1, 3, 2, 2))
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_forward_many_equals_one_call_per_label_set(memory_format):
+    """The same x with several label sets: one convolution of x plus each set's border bias must
+    give what separate calls give, values and gradients (x, labels, weight, bias)."""
+    torch.manual_seed(0)
+    layer = UpLabelConv2d(6, 3, 5).double()
+    x = torch.randn(4, 6, 3, 5, dtype=torch.double).contiguous(memory_format=memory_format)
+    label_sets = [torch.rand(4, 3, dtype=torch.double) for _ in range(3)]
+
+    def run(fn):
+        xs = x.detach().clone().requires_grad_()
+        labels = [t.detach().clone().requires_grad_() for t in label_sets]
+        layer.zero_grad()
+        outs = fn(xs, labels)
+        sum((k + 1) * (o * o.detach().sin()).sum() for k, o in enumerate(outs)).backward()
+        return outs, [xs.grad, *(t.grad for t in labels), layer.weight.grad, layer.bias.grad]
+
+    many, many_grads = run(layer.forward_many)
+    ones, one_grads = run(lambda xs, labels: [layer(xs, t) for t in labels])
+    for a, b in zip(many + many_grads, ones + one_grads):
+        torch.testing.assert_close(a, b)
+    assert many[0].is_contiguous(memory_format=memory_format)
+
+
+def test_forward_many_rejects_bad_label_sets():
+    layer = UpLabelConv2d(3, 2, 4)
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"label_sets\[1\]: expected \(2, 2\)"):
+        layer.forward_many(x, [torch.rand(2, 2), torch.rand(3, 2)])
+    with pytest.raises(ValueError, match=r"label_sets\[0\]"):
+        layer.forward_many(x, [None, torch.rand(2, 2)])
+
+
 def small_decoder():
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(8, 6, 3, padding=1),

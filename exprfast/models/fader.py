@@ -121,11 +121,20 @@ class DecoderBlock(nn.Module):
     def _up_conv(self, x, labels):
         raise NotImplementedError
 
-    def forward(self, x, labels):
-        x = self._up_conv(x, labels)
+    def _up_conv_many(self, x, label_sets):
+        return [self._up_conv(x, labels) for labels in label_sets]
+
+    def _finish(self, x):
         if self.norm is not None:
             x = self.norm(x)
         return self.act(x)
+
+    def forward(self, x, labels):
+        return self._finish(self._up_conv(x, labels))
+
+    def forward_many(self, x, label_sets):
+        """``[self(x, labels) for labels in label_sets]`` (each output normalised on its own)."""
+        return [self._finish(y) for y in self._up_conv_many(x, label_sets)]
 
 
 class FusedUpLabelConvBlock(DecoderBlock):
@@ -139,6 +148,9 @@ class FusedUpLabelConvBlock(DecoderBlock):
 
     def _up_conv(self, x, labels):
         return self.conv(x, labels.to(x.dtype))
+
+    def _up_conv_many(self, x, label_sets):
+        return self.conv.forward_many(x, [labels.to(x.dtype) for labels in label_sets])
 
 
 class EagerUpLabelConvBlock(DecoderBlock):
@@ -191,6 +203,17 @@ class Decoder(nn.Module):
         for layer in self.layers:
             x = layer(x, labels)
         return x
+
+    def forward_many(self, z, label_sets):
+        """``[self(z, labels) for labels in label_sets]``: the first layer sees the same z in
+        every decode, so a fused first layer convolves it once."""
+        first, *rest = self.layers
+        outs = []
+        for x, labels in zip(first.forward_many(z, label_sets), label_sets):
+            for layer in rest:
+                x = layer(x, labels)
+            outs.append(x)
+        return outs
 
 
 class LatentDiscriminator(nn.Module):
@@ -264,10 +287,20 @@ class FaderModel(nn.Module):
 
     def decode(self, z, attrs):
         """z (N, *latent_shape), attrs (N, n_attrs) values -> x_hat in [-1, 1] (tanh)."""
+        self._check_latent(z)
+        return self.decoder(z, self.label_maps(attrs))
+
+    def decode_many(self, z, attr_sets):
+        """``[self.decode(z, attrs) for attrs in attr_sets]``, the same latents decoded with
+        several attribute values (a reconstruction and an edit): with the ``paper`` preset the
+        first decoder layer convolves z once for all of them."""
+        self._check_latent(z)
+        return self.decoder.forward_many(z, [self.label_maps(attrs) for attrs in attr_sets])
+
+    def _check_latent(self, z):
         if z.dim() != 4 or tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"z must have shape (N, {', '.join(map(str, self.latent_shape))}), "
                              f"got {list(z.shape)}")
-        return self.decoder(z, self.label_maps(attrs))
 
     def forward(self, x, attrs):
         """-> (z, x_hat): the latent of x and its reconstruction with attributes `attrs`."""

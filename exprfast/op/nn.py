@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from .ops import up_label_conv
+from .reference import label_bias
 
 
 class UpLabelConv2d(nn.Module):
@@ -36,6 +37,23 @@ class UpLabelConv2d(nn.Module):
         if labels is None and self.label_channels:
             raise ValueError(f"labels: this layer expects (N, {self.label_channels}) labels, got None")
         return up_label_conv(x, labels, self.weight, self.bias)
+
+    def forward_many(self, x, label_sets):
+        """``[self(x, labels) for labels in label_sets]`` with the convolution of ``x`` done once:
+        each label set only adds its per-sample border bias (docs/DESIGN.md, identity 2), so
+        decoding one latent with several label sets costs one op call, forward and backward."""
+        if not self.label_channels or len(label_sets) == 1:
+            return [self(x, labels) for labels in label_sets]
+        for i, labels in enumerate(label_sets):
+            if (not isinstance(labels, torch.Tensor)
+                    or labels.shape != (len(x), self.label_channels)):
+                raise ValueError(f"label_sets[{i}]: expected ({len(x)}, {self.label_channels}) "
+                                 f"labels, got {getattr(labels, 'shape', labels)!r}")
+        shared = up_label_conv(x, None, self.weight[:, :self.in_channels], self.bias)
+        height, width = shared.shape[2:]
+        return [shared + label_bias(labels, self.weight[:, self.in_channels:], height,
+                                    width).to(shared.dtype)
+                for labels in label_sets]
 
     def extra_repr(self):
         return (f"{self.in_channels}, label_channels={self.label_channels}, "

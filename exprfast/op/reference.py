@@ -36,12 +36,19 @@ def up_label_conv_folded(x, labels, weight, bias=None):
     wt = torch.einsum("ti,sj,ocij->cots", fold, fold, weight[:, :C])
     y = F.conv_transpose2d(x.contiguous(memory_format=torch.channels_last), wt, stride=2, padding=1)
     if labels is not None and labels.shape[1] > 0:
-        border = _taps(BORDER, weight)
-        wsum = torch.einsum("ri,cj,okij->korc", border, border, weight[:, C:])
-        b9 = torch.einsum("nk,korc->norc", labels, wsum)
-        rows = _border_classes(y.shape[2], y.device)[:, None]
-        cols = _border_classes(y.shape[3], y.device)[None, :]
-        y = y + b9[:, :, rows, cols]
+        y = y + label_bias(labels, weight[:, C:], y.shape[2], y.shape[3])
     if bias is not None:
         y = y + bias[:, None, None]
     return y
+
+
+def label_bias(labels, label_weight, height, width):
+    """What constant label maps add to a 3x3 conv's ``(height, width)`` output: a per-sample
+    bias ``(N, O, height, width)`` with 9 border classes (docs/DESIGN.md, identity 2).
+    ``labels`` (N, K); ``label_weight`` (O, K, 3, 3), the conv weight's label channels."""
+    border = _taps(BORDER, label_weight)
+    wsum = torch.einsum("ri,cj,okij->korc", border, border, label_weight)
+    b9 = torch.einsum("nk,korc->norc", labels.to(label_weight.dtype), wsum)
+    rows = _border_classes(height, labels.device)[:, None]
+    cols = _border_classes(width, labels.device)[None, :]
+    return b9[:, :, rows, cols]

@@ -90,8 +90,11 @@ class AutoEncoder(nn.Module):
     def forward(self, x: torch.Tensor, attrs: torch.Tensor, flipped: torch.Tensor | None = None):
         model = self._model[0]
         z = model.encode(x)
-        x_flip = None if flipped is None else model.decode(z, flipped)
-        return z, model.decode(z, attrs), x_flip
+        if flipped is None:
+            return z, model.decode(z, attrs), None
+        # one first-layer conv for both; flipped first, as its BatchNorm statistics always were
+        x_flip, x_hat = model.decode_many(z, [flipped, attrs])
+        return z, x_hat, x_flip
 
 
 class Trainer:
