@@ -14,7 +14,11 @@ same people, edited, next to the real thing, and judged by the independent class
   outside the pasted face regions (must be 0); and how strong the edits are: with d = the same
   people's mean smiling face minus their mean neutral face (aligned crops at the model's
   resolution), the mean change of the edited neutral faces projected on d, in units of d (1 =
-  as far as these people's real smiles), and that of the edited smiling faces on -d. The London Set (CC BY 4.0) is in ../shared/data.
+  as far as these people's real smiles), and that of the edited smiling faces on -d.
+
+--couple NAME sets the model's attribute NAME to the Smiling value in every edit (e.g.
+Mouth_Slightly_Open with a model trained on both). The London Set (CC BY 4.0) is in
+../shared/data.
 """
 import argparse
 import json
@@ -47,6 +51,8 @@ def parse_args(argv):
     p.add_argument("--people", nargs="+", default=["001", "012", "024", "034"],
                    help="rows of the figure")
     p.add_argument("--smile", type=float, default=1.0, help="Smiling value set on neutral photos")
+    p.add_argument("--couple", nargs="+", default=[],
+                   help="attributes set to the Smiling value in every edit")
     p.add_argument("--paste", choices=editing.PASTE_MODES, default="hybrid",
                    help="exprfast edit --paste; replace shows what the decoder itself draws")
     p.add_argument("--cell", type=int, default=200, help="side of each face cell (px)")
@@ -67,7 +73,12 @@ def face_cell(image, face, cell):
     return image.crop(box).resize((cell, cell), Image.LANCZOS)
 
 
-def mouth_sheet(london, people, editor, smile, cell):
+def changes(value, couple):
+    """An edit's attribute values: Smiling, and each --couple attribute, set to ``value``."""
+    return {"Smiling": value, **{name: value for name in couple}}
+
+
+def mouth_sheet(london, people, editor, smile, couple, cell):
     """The mouths of ``people``: per person a row with the neutral photo set to ``smile`` and
     one with the smiling photo set to 0; columns the photo and each paste mode's edit."""
     rows = []
@@ -76,7 +87,7 @@ def mouth_sheet(london, people, editor, smile, cell):
             photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
             x, y, w, h = faces.detect_faces(np.asarray(photo))[0].box
             box = (int(x + 0.15 * w), int(y + 0.5 * h), int(x + 0.85 * w), int(y + 1.05 * h))
-            edits = [editing.edit_photo(photo, {"Smiling": value}, model=editor, face=0,
+            edits = [editing.edit_photo(photo, changes(value, couple), model=editor, face=0,
                                         paste=paste) for paste in editing.PASTE_MODES]
             rows.append(np.concatenate([
                 np.asarray(im.crop(box).resize((cell, cell * 4 // 5), Image.LANCZOS))
@@ -92,12 +103,12 @@ def changed_outside(before, after, face):
     return int(diff.sum())
 
 
-def person(london, pid, editor, smile, paste):
+def person(london, pid, editor, smile, couple, paste):
     """Both photos of ``pid``, edited, with the detected faces."""
     out = {}
     for kind, value in (("neutral", smile), ("smiling", 0.0)):
         photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
-        edited, found = editing.edit_photo(photo, {"Smiling": value}, model=editor, face=0,
+        edited, found = editing.edit_photo(photo, changes(value, couple), model=editor, face=0,
                                            paste=paste, return_faces=True)
         out[kind] = (photo, edited, found[0])
     return out
@@ -118,7 +129,7 @@ def strengths(crops):
             "smiling": edit_strength(x["smiling"], x["unsmiled"], -real)}
 
 
-def report(rows, strength, path, paste, smile):
+def report(rows, strength, path, paste, smile, couple):
     n = len(rows)
     rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     summary = {
@@ -131,6 +142,7 @@ def report(rows, strength, path, paste, smile):
         "model_reading_smiling_mean": float(np.mean([r["reading_smiling"] for r in rows])),
         "pixels_changed_outside_faces": sum(r["changed_outside"] for r in rows),
         "smile_value": smile,
+        "coupled": couple,
         "strength_neutral_set_to_smile": strength["neutral"],
         "strength_smiling_set_to_0": strength["smiling"],
     }
@@ -141,7 +153,8 @@ def report(rows, strength, path, paste, smile):
         "# London Set photos through the photo pipeline", "",
         f"{n} people, each photographed neutral and smiling (uncropped, 675 px), edited with "
         f"`exprfast.edit_photo` (`paste={paste!r}`: {PASTE_NOTES[paste]}) and read by the "
-        "independent judge.", "",
+        "independent judge."
+        + (f" Coupled to Smiling in every edit: {', '.join(couple)}." if couple else ""), "",
         "| | edited | real |", "|---|---|---|",
         f"| judged smiling: neutral photo set to Smiling={smile:g} vs real smile | "
         f"{pct(summary['edited_neutral_judged_smiling'])} | "
@@ -170,7 +183,7 @@ def main(argv=None):
     people = ids if judge is not None else args.people
     rows, cells, crops = [], {}, {"neutral": [], "smiled": [], "smiling": [], "unsmiled": []}
     for pid in people:
-        pair = person(london, pid, editor, args.smile, args.paste)
+        pair = person(london, pid, editor, args.smile, args.couple, args.paste)
         (neutral, smiled, face_n), (smiling, unsmiled, face_s) = pair["neutral"], pair["smiling"]
         if pid in args.people:
             cells[pid] = [face_cell(im, f, args.cell) for im, f in
@@ -204,13 +217,13 @@ def main(argv=None):
               f"Smiling={args.smile} | real smile || smiling | Smiling=0 | real neutral")
     if args.mouths:
         Path(args.mouths).parent.mkdir(parents=True, exist_ok=True)
-        mouth_sheet(london, args.people, editor, args.smile, args.cell).save(args.mouths,
-                                                                             quality=90)
+        mouth_sheet(london, args.people, editor, args.smile, args.couple,
+                    args.cell).save(args.mouths, quality=90)
         print(f"wrote {args.mouths}: rows {', '.join(args.people)} (Smiling={args.smile}, then "
               f"0); columns photo | {' | '.join(editing.PASTE_MODES)}")
     if judge is not None and args.report:
-        print(json.dumps(report(rows, strengths(crops), args.report, args.paste, args.smile),
-                         indent=2))
+        print(json.dumps(report(rows, strengths(crops), args.report, args.paste, args.smile,
+                                args.couple), indent=2))
     return 0
 
 

@@ -25,6 +25,9 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--attr", default="Smiling")
+    p.add_argument("--couple", nargs="+", default=[],
+                   help="attributes set to the --attr value in every edit (e.g. "
+                        "Mouth_Slightly_Open with a model trained on both)")
     p.add_argument("--values", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0])
     p.add_argument("--pastes", nargs="+", choices=editing.PASTE_MODES,
                    default=["hybrid", "replace"])
@@ -46,13 +49,17 @@ def main(argv=None):
     reconstructed = editor.edit(faces, {}, paste="replace")
     drawn = reconstructed[present].mean(0) - reconstructed[~present].mean(0)
     ceiling = float((drawn * direction).sum() / direction.pow(2).sum())
-    rows, payload = [], {"faces": len(faces), "smiling": len(smiling),
+
+    def changes(value):
+        return {args.attr: value, **{name: value for name in args.couple}}
+
+    rows, payload = [], {"faces": len(faces), "smiling": len(smiling), "coupled": args.couple,
                          "reconstruction_ceiling": ceiling, "pastes": {}}
     for paste in args.pastes:
-        up = [edit_strength(neutral, editor.edit(neutral, {args.attr: s}, paste=paste), direction)
+        up = [edit_strength(neutral, editor.edit(neutral, changes(s), paste=paste), direction)
               for s in args.values]
-        down = [edit_strength(smiling, editor.edit(smiling, {args.attr: s}, paste=paste),
-                              -direction) for s in args.values]
+        down = [edit_strength(smiling, editor.edit(smiling, changes(s), paste=paste), -direction)
+                for s in args.values]
         payload["pastes"][paste] = {"values": args.values, "non_smiling_set_to": up,
                                     "smiling_set_to": down}
         for name, projections in ((f"{paste}: non-smiling faces set to s, along d", up),
@@ -65,7 +72,9 @@ def main(argv=None):
              f"non-smiling face; each cell is the mean change of the edited faces projected on "
              f"d (or −d), in units of d: 1 = as far as real smiles are from real non-smiling "
              f"faces on average. Ceiling: the model's reconstructions of the smiling faces minus "
-             f"those of the non-smiling ones, projected the same way: {ceiling:.2f}.")
+             f"those of the non-smiling ones, projected the same way: {ceiling:.2f}."
+             + (f" Set to s with {args.attr} in every edit: {', '.join(args.couple)}."
+                if args.couple else ""))
     path = write_report(args.out, "slider_strength", f"Slider strength ({args.attr})",
                         [("Setup", setup), ("Results", table)], payload)
     print(path.read_text())

@@ -213,31 +213,41 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert all(math.isfinite(summary[key]) for key in ("strength_neutral_set_to_smile",
                                                         "strength_smiling_set_to_0"))
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
+    if paste == "replace":  # --couple: the model's other attribute set with Smiling
+        checkpoints.save_model(tiny_model(("Smiling", "Male")), tmp_path / "two.pt")
+        assert london_pairs.main(args[2:] + ["--model", str(tmp_path / "two.pt"), "--paste", paste,
+                                             "--couple", "Male"]) == 0
+        assert json.loads((tmp_path / "report.json").read_text())["summary"]["coupled"] == ["Male"]
+        assert "Coupled to Smiling in every edit: Male." in (tmp_path / "report.md").read_text()
 
 
 # ----------------------------------------------------------------------------- slider strength
 
 
-def test_slider_strength_report(tmp_path):
+@pytest.mark.parametrize("attrs, couple", [(("Smiling",), []), (("Smiling", "Male"), ["Male"])])
+def test_slider_strength_report(tmp_path, attrs, couple):
     """scripts/slider_strength.py on synthetic faces with a tiny model: every cell is the mean
-    edit's projection on the real smiling-minus-non-smiling difference, in units of it."""
+    edit's projection on the real smiling-minus-non-smiling difference, in units of it; --couple
+    sets another attribute of the model to the slider's value in every edit."""
     slider_strength = script("slider_strength")
     root = make_celebahq(tmp_path / "data", n=80, size=32)
-    model = tiny_model()
-    checkpoints.save_model(model, tmp_path / "model.pt")
+    checkpoints.save_model(tiny_model(attrs), tmp_path / "model.pt")
     assert slider_strength.main(["--model", str(tmp_path / "model.pt"), "--data-root", str(root),
                                  "--values", "0", "1", "--pastes", "replace",
-                                 "--out", str(tmp_path)]) == 0
+                                 "--out", str(tmp_path)]
+                                + (["--couple", *couple] if couple else [])) == 0
     report = json.loads((tmp_path / "slider_strength.json").read_text())
     data = open_split(root, 32, "val", attrs=["Smiling"])
     faces_, labels = data.batch(range(len(data)))
     present = labels[:, 0] > 0.5
     assert report["faces"] == len(faces_) and report["smiling"] == int(present.sum()) > 0
+    assert report["coupled"] == couple
     direction = faces_[present].mean(0) - faces_[~present].mean(0)
     editor = editing.load(tmp_path / "model.pt")
     neutral = faces_[~present]
-    with torch.no_grad():
-        decoded = editor.model.decode(editor.model.encode(neutral), torch.ones(len(neutral), 1))
+    with torch.no_grad():  # Smiling (and the coupled attribute) set to 1
+        decoded = editor.model.decode(editor.model.encode(neutral),
+                                      torch.ones(len(neutral), len(attrs)))
     expected = ((decoded - neutral).mean(0) * direction).sum() / direction.pow(2).sum()
     measured = report["pastes"]["replace"]["non_smiling_set_to"]
     assert measured[1] == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
