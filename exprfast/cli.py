@@ -273,6 +273,9 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
                         help="attribute classifier from 'exprfast train-classifier'")
     _add_data_arguments(parser)
     parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--attrs", nargs="+", default=None,
+                        help="the model's attributes to swap and judge (default all; e.g. "
+                             "Smiling for a two-attribute model and a Smiling classifier)")
     parser.add_argument("--limit", type=_positive_int, default=None,
                         help="evaluate only the first N images of the split")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
@@ -287,8 +290,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         model = load_model(args.model).model.to(_device_arg(args.device))
         classifier = load_classifier(args.classifier)
         results = evaluate(
-            model, classifier, args.data_root, split=args.split, limit=args.limit,
-            batch_size=args.batch_size, cache_dir=args.cache_dir,
+            model, classifier, args.data_root, attrs=args.attrs, split=args.split,
+            limit=args.limit, batch_size=args.batch_size, cache_dir=args.cache_dir,
         )
     except (FileNotFoundError, ValueError, ImportError) as error:
         return _fail("evaluate", error)

@@ -1,5 +1,6 @@
 """The exprfast command: every subcommand's exit codes, output files and one-line errors."""
 import errno
+import json
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from PIL import Image
 pytest.importorskip("cv2", reason="exprfast.editing.faces needs opencv-python-headless<5")
 
 from conftest import fake_training_checkpoint, make_celebahq, tiny_model  # noqa: E402
-from exprfast import checkpoints, cli, editing  # noqa: E402
+from exprfast import checkpoints, cli, editing, models  # noqa: E402
 from exprfast.cli import main  # noqa: E402
 
 
@@ -114,6 +115,23 @@ def test_train_classifier_command(tmp_path, capsys):
 
     assert main(["train-classifier", "--attrs", "Smiles", *flags]) == 2
     assert "exprfast train-classifier: error: unknown attrs ['Smiles']" in capsys.readouterr().err
+
+
+def test_evaluate_command_judges_the_attributes_named(tmp_path, capsys):
+    """A two-attribute model with a one-attribute classifier: --attrs picks what is judged."""
+    root = make_celebahq(tmp_path / "celebahq", size=32)
+    model_path, clf_path = tmp_path / "model.pt", tmp_path / "clf.pt"
+    checkpoints.save_model(tiny_model(("Smiling", "Male")), model_path)
+    checkpoints.save_classifier(models.AttributeClassifier(32, ["Smiling"], init_fm=8,
+                                                           hid_dim=16), clf_path, {})
+    flags = ["evaluate", "--model", str(model_path), "--classifier", str(clf_path),
+             "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"),
+             "-o", str(tmp_path / "out")]
+    assert main(flags) == 2
+    assert "the classifier does not predict ['Male']" in capsys.readouterr().err
+    assert main([*flags, "--attrs", "Smiling"]) == 0
+    results = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert results["attrs"] == ["Smiling"] and list(results["flip_success"]) == ["Smiling"]
 
 
 def test_evaluate_command_reports_missing_files(tmp_path, capsys):
