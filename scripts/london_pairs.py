@@ -116,8 +116,7 @@ def person(london, pid, editor, smile, couple, paste):
 
 @torch.no_grad()
 def judge_reads(judge, image, face):
-    crop = faces.crop_face(np.asarray(image), face, judge.img_size)
-    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = to_tensor(faces.crop_face(np.asarray(image), face, judge.img_size)[None])
     return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
 
 
