@@ -18,6 +18,7 @@ import time
 import torch
 
 from exprfast.benchmarking import machine_description, markdown_table, write_report
+from exprfast.models.layers import DownConv2d
 from exprfast.training import PRECISIONS, Trainer, TrainConfig, open_datasets
 
 # name -> TrainConfig changes; the edit losses as in the ablation (benchmarks/ablation.md)
@@ -31,13 +32,18 @@ RECIPES = {
     "paper, latent reused": {"reuse_latent": True},
 }
 # Not timed unless named: the presets and precisions of issue 10's step-time targets, to be
-# timed side by side with --base fader; and the classifier-loss step with two decode calls.
+# timed side by side with --base fader; the classifier-loss step with two decode calls; and
+# steps whose small 4x4 stride-2 convs all run as oneDNN convs (the code before DownConv2d).
 TWO_DECODES = "+clf (reader trained alongside), two decode calls"
+CONV_ONLY = ", small down convs on oneDNN"
 COMPARISONS = {
     "fader": {"preset": "fader"},
     "paper bf16": {"precision": "bf16"},
     "paper bf16, latent reused": {"precision": "bf16", "reuse_latent": True},
     TWO_DECODES: {"lambda_clf": 0.05},
+    "paper" + CONV_ONLY: {},
+    "fader" + CONV_ONLY: {"preset": "fader"},
+    "paper bf16" + CONV_ONLY: {"precision": "bf16"},
 }
 
 
@@ -53,6 +59,13 @@ def decode_separately(trainer):
         return z, model.decode(z, attrs), x_flip
 
     trainer.autoencoder.forward = forward
+
+
+def convs_only(trainer):
+    """Every DownConv2d of the model (encoder, latent discriminator) runs as a oneDNN conv."""
+    for module in trainer.model.modules():
+        if isinstance(module, DownConv2d):
+            module.gemm_max_side = 0
 
 
 def parse_args(argv):
@@ -86,6 +99,9 @@ def main(argv=None):
                 if name in ("paper", args.base) or name in args.recipes}
     if TWO_DECODES in trainers:
         decode_separately(trainers[TWO_DECODES])
+    for name in trainers:
+        if name.endswith(CONV_ONLY):
+            convs_only(trainers[name])
     for trainer in trainers.values():  # warm-up (and past clf_train_steps for the frozen one)
         trainer.train_step()
         trainer.train_step()

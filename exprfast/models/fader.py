@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..checks import check_attr_names, check_img_size, is_int, is_power_of_two
+from .layers import DownConv2d
 
 PRESETS = ("paper", "paper-eager", "fader")
 
@@ -68,11 +69,11 @@ def _validated_config(preset, img_size, attrs, overrides):
 
 class ConvBlock(nn.Module):
     """Fader's encoder layer: Conv2d(4x4, stride 2, padding 1) [+ BatchNorm2d] + LeakyReLU(0.2)
-    [+ Dropout]. Halves the spatial size."""
+    [+ Dropout]. Halves the spatial size. The conv is a :class:`DownConv2d` (an nn.Conv2d)."""
 
     def __init__(self, in_channels, out_channels, norm=True, dropout=0.0):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 4, 2, 1)
+        self.conv = DownConv2d(in_channels, out_channels)
         self.norm = nn.BatchNorm2d(out_channels) if norm else None
         self.act = nn.LeakyReLU(0.2, inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
