@@ -103,3 +103,19 @@ def test_module_takes_the_matrix_product_only_on_small_cpu_inputs(monkeypatch):
     layer.gemm_max_side = 0  # the benchmarks' baseline: the convolution at every size
     layer(torch.randn(1, 2, 2, 2))
     assert calls == [2, GEMM_MAX_SIDE]
+
+
+def test_latent_discriminator_compiles_fullgraph_with_the_same_gradients():
+    """``--compile`` compiles the discriminator: its DownConv2d layers (the linear form at 2x2,
+    the custom weight gradient at 4x4) must trace whole and give the eager gradients."""
+    from exprfast.models import build
+    torch.manual_seed(0)
+    discriminator = build("paper", img_size=32).latent_discriminator.eval()
+    z = torch.randn(4, discriminator.conv_layers[0].conv.in_channels, 4, 4)
+    compiled = torch.compile(discriminator, fullgraph=True, backend="aot_eager")
+    grads = []
+    for net in (discriminator, compiled):
+        discriminator.zero_grad(set_to_none=True)
+        net(z).square().sum().backward()
+        grads.append([p.grad.clone() for p in discriminator.parameters()])
+    torch.testing.assert_close(grads[1], grads[0])
