@@ -7,7 +7,7 @@ same precision, memory format and modes as the step runs it:
 * encoder: its no-grad forward (discriminator update) + forward and backward (autoencoder update);
 * decoder: forward and backward from the latent;
 * discriminator: forward and backward twice (its own update; the adversarial loss's gradient
-  into the latent);
+  into the latent, through the frozen discriminator);
 * optimizers: both updates' gradient clipping and Adam steps;
 * rest: the step minus those parts (losses, autocast casts, Python).
 
@@ -76,12 +76,14 @@ def part_times(trainer: Trainer, repeat: int) -> dict[str, float]:
 
     def discriminator():
         model.zero_grad(set_to_none=True)
-        for frozen in (False, True):
+        for frozen in (False, True):  # frozen: no weight gradients, as in the autoencoder update
             model.latent_discriminator.train(not frozen)
+            model.latent_discriminator.requires_grad_(not frozen)
             z = z0.detach().requires_grad_(frozen)
             with trainer._autocast():
                 loss = discriminator_loss(model.discriminate(z), targets)
             loss.backward()
+        model.latent_discriminator.requires_grad_(True)
 
     def optimizers():
         for optimizer in (trainer.dis_optimizer, trainer.ae_optimizer):
