@@ -46,8 +46,8 @@ def down_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """``F.conv2d(x, weight, bias, stride=2, padding=1)`` for a 4x4 ``weight``. On a 2x2 input
     the single output sees the input through the kernel's central 2x2 taps only (the others meet
     the padding): a linear layer on those taps, a quarter of the multiplications. Otherwise the
-    conv, with its weight gradient (if one is wanted) as a matrix product. Under CPU autocast it computes in the
-    autocast dtype, as ``F.conv2d`` would."""
+    conv, with its weight gradient (if one is wanted) as a matrix product. Under CPU autocast it
+    computes in the autocast dtype, as ``F.conv2d`` would."""
     n, _, h, w = x.shape
     if (h, w) == (2, 2):
         return F.linear(x.flatten(1), weight[:, :, 1:3, 1:3].flatten(1), bias).view(n, -1, 1, 1)
@@ -56,7 +56,8 @@ def down_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         with torch.autocast(x.device.type, enabled=False):
-            return down_conv(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+            bias = None if bias is None else bias.to(dtype)
+            return down_conv(x.to(dtype), weight.to(dtype), bias)
     return _WeightGradAsMatmul.apply(x, weight, bias)
 
 
