@@ -75,7 +75,8 @@ def time_shape(c, o, side, batch, precision, memory_format, gradients, rounds, r
     gradients of (input, weight) that ``gradients`` asks for (and the bias's with the weight's)."""
     x = torch.randn(batch, c, side, side).to(memory_format=memory_format)
     x.requires_grad_(gradients[0])
-    w = torch.randn(o, c, 4, 4, requires_grad=gradients[1])
+    w = torch.randn(o, c, 4, 4).to(memory_format=memory_format)  # as Module.to(memory_format)
+    w.requires_grad_(gradients[1])
     b = torch.randn(o, requires_grad=gradients[1])
 
     def step(method):
@@ -111,7 +112,8 @@ def main(argv=None):
     columns = list(rows[0])
     setup = (f"{machine_description()}. Batch {args.batch_size}; forward + backward; "
              f"median of {args.rounds} interleaved rounds of "
-             f"{args.repeat} runs each; the gradients named. conv: F.conv2d (oneDNN); down_conv: "
+             f"{args.repeat} runs each; the gradients named; the weight in the input's memory "
+             "format, as a model converted with .to(memory_format) has it. conv: F.conv2d (oneDNN); down_conv: "
              "exprfast.models.layers.down_conv (a linear layer on the kernel's central 2x2 taps "
              "at 2x2 inputs; otherwise oneDNN's forward and input gradient, and the weight "
              "gradient as one matrix product). bf16: under CPU autocast, as training runs.")

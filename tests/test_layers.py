@@ -17,12 +17,14 @@ def _inputs(n, c, o, h, w, memory_format, bias=True, dtype=torch.float64):
     return x.requires_grad_(), weight.requires_grad_(), b if b is None else b.requires_grad_()
 
 
+@pytest.mark.parametrize("weight_format", FORMATS)
 @pytest.mark.parametrize("memory_format", FORMATS)
 @pytest.mark.parametrize("n,c,o,h,w,bias", [(3, 5, 7, 2, 2, True), (2, 4, 6, 4, 4, True),
                                             (2, 3, 5, 4, 4, False), (1, 6, 2, 3, 5, True),
                                             (2, 2, 3, 8, 6, True), (2, 5, 4, 2, 2, False)])
-def test_values_and_gradients_match_conv2d(n, c, o, h, w, bias, memory_format):
+def test_values_and_gradients_match_conv2d(n, c, o, h, w, bias, memory_format, weight_format):
     x, weight, b = _inputs(n, c, o, h, w, memory_format, bias)
+    weight = weight.detach().to(memory_format=weight_format).requires_grad_()
     expected = F.conv2d(x, weight, b, stride=2, padding=1)
     got = down_conv(x, weight, b)
     assert got.shape == expected.shape
@@ -41,6 +43,18 @@ def test_keeps_the_memory_format_of_conv2d(side, memory_format):
     got = down_conv(x, weight, b)
     for fmt in FORMATS:
         assert got.is_contiguous(memory_format=fmt) == expected.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("weight_format", FORMATS)
+@pytest.mark.parametrize("side", [2, 4])
+def test_weight_gradient_keeps_the_weight_layout(side, weight_format):
+    """A channels_last model's parameters get channels_last gradients (and NCHW ones NCHW), so
+    that autograd never has to transpose one into the parameter's layout."""
+    x, weight, b = _inputs(2, 8, 16, side, side, torch.channels_last, dtype=torch.float32)
+    weight = weight.detach().to(memory_format=weight_format).requires_grad_()
+    y = down_conv(x, weight, b)
+    (grad_weight,) = torch.autograd.grad(y, [weight], torch.randn_like(y))
+    assert grad_weight.stride() == weight.stride()
 
 
 @pytest.mark.parametrize("h,w", [(2, 2), (4, 4), (3, 4)])

@@ -18,7 +18,7 @@ GEMM_MAX_SIDE = 4
 
 class _WeightGradAsMatmul(torch.autograd.Function):
     """The 4x4 stride-2 conv, with oneDNN's forward and input gradient and the weight gradient
-    as one matrix product of the output gradient and the input's 4x4 patches (a view)."""
+    as one matrix product of the output gradient and the input's 4x4 patches."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -35,11 +35,28 @@ class _WeightGradAsMatmul(torch.autograd.Function):
                 grad, x, weight, None, (2, 2), (1, 1), (1, 1), False, (0, 0), 1,
                 (True, False, False))[0]
         if ctx.needs_input_grad[1]:
-            patches = F.pad(x, (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)  # N,C,h,w,4,4
-            grad_weight = torch.einsum("nohw,nchwij->ocij", grad, patches)
+            grad_weight = _weight_grad(grad, x, weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _weight_grad(grad, x, weight):
+    """The weight gradient of the 4x4 stride-2 conv: (O, N*h*w) @ (N*h*w, 16*C), with the
+    patches' channels last when the weight's are, so that it comes out in the weight's own
+    layout (a channels_last parameter would otherwise get a transposing copy of it)."""
+    n, o, h, w = grad.shape
+    patches = F.pad(x, (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)  # (N, C, h, w, 4, 4)
+    grad_rows = grad.permute(1, 0, 2, 3).reshape(o, n * h * w)
+    if _is_channels_last(weight):
+        cols = patches.permute(0, 2, 3, 4, 5, 1).reshape(n * h * w, -1)  # (i, j, c) columns
+        return (grad_rows @ cols).view(o, 4, 4, -1).permute(0, 3, 1, 2)
+    cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(n * h * w, -1)  # (c, i, j) columns
+    return (grad_rows @ cols).view(o, -1, 4, 4)
 
 
 def down_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -50,7 +67,12 @@ def down_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     computes in the autocast dtype, as ``F.conv2d`` would."""
     n, _, h, w = x.shape
     if (h, w) == (2, 2):
-        return F.linear(x.flatten(1), weight[:, :, 1:3, 1:3].flatten(1), bias).view(n, -1, 1, 1)
+        if _is_channels_last(weight):  # (i, j, c) order: the gradient keeps the weight's layout
+            taps = weight.permute(0, 2, 3, 1)[:, 1:3, 1:3, :].reshape(weight.shape[0], -1)
+            x = x.permute(0, 2, 3, 1)
+        else:
+            taps = weight[:, :, 1:3, 1:3].reshape(weight.shape[0], -1)
+        return F.linear(x.reshape(n, -1), taps, bias).view(n, -1, 1, 1)
     if not (weight.requires_grad and torch.is_grad_enabled()):  # no weight gradient to speed up
         return F.conv2d(x, weight, bias, stride=2, padding=1)
     if torch.is_autocast_enabled(x.device.type):
