@@ -47,6 +47,18 @@ def test_keeps_the_memory_format_of_conv2d(side, memory_format):
 
 @pytest.mark.parametrize("weight_format", FORMATS)
 @pytest.mark.parametrize("side", [2, 4])
+def test_empty_batch_like_conv2d(side, weight_format):
+    x, weight, b = _inputs(0, 3, 5, side, side, torch.channels_last)
+    weight = weight.detach().to(memory_format=weight_format).requires_grad_()
+    y = down_conv(x, weight, b)
+    assert y.shape == F.conv2d(x, weight, b, stride=2, padding=1).shape
+    grads = torch.autograd.grad(y.sum(), [x, weight, b])
+    assert [g.shape for g in grads] == [x.shape, weight.shape, b.shape]
+    assert all(g.abs().sum() == 0 for g in grads[1:])  # no samples, no weight or bias gradient
+
+
+@pytest.mark.parametrize("weight_format", FORMATS)
+@pytest.mark.parametrize("side", [2, 4])
 def test_weight_gradient_keeps_the_weight_layout(side, weight_format):
     """A channels_last model's parameters get channels_last gradients (and NCHW ones NCHW), so
     that autograd never has to transpose one into the parameter's layout."""

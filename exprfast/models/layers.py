@@ -50,13 +50,14 @@ def _weight_grad(grad, x, weight):
     patches' channels last when the weight's are, so that it comes out in the weight's own
     layout (a channels_last parameter would otherwise get a transposing copy of it)."""
     n, o, h, w = grad.shape
+    c = x.shape[1]  # sizes spelled out: -1 is ambiguous in an empty batch
     patches = F.pad(x, (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)  # (N, C, h, w, 4, 4)
     grad_rows = grad.permute(1, 0, 2, 3).reshape(o, n * h * w)
     if _is_channels_last(weight):
-        cols = patches.permute(0, 2, 3, 4, 5, 1).reshape(n * h * w, -1)  # (i, j, c) columns
-        return (grad_rows @ cols).view(o, 4, 4, -1).permute(0, 3, 1, 2)
-    cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(n * h * w, -1)  # (c, i, j) columns
-    return (grad_rows @ cols).view(o, -1, 4, 4)
+        cols = patches.permute(0, 2, 3, 4, 5, 1).reshape(n * h * w, 16 * c)  # (i, j, c) columns
+        return (grad_rows @ cols).view(o, 4, 4, c).permute(0, 3, 1, 2)
+    cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(n * h * w, c * 16)  # (c, i, j) columns
+    return (grad_rows @ cols).view(o, c, 4, 4)
 
 
 def down_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -65,14 +66,15 @@ def down_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     the padding): a linear layer on those taps, a quarter of the multiplications. Otherwise the
     conv, with its weight gradient (if one is wanted) as a matrix product. Under CPU autocast it
     computes in the autocast dtype, as ``F.conv2d`` would."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     if (h, w) == (2, 2):
+        o = weight.shape[0]  # sizes spelled out: -1 is ambiguous in an empty batch
         if _is_channels_last(weight):  # (i, j, c) order: the gradient keeps the weight's layout
-            taps = weight.permute(0, 2, 3, 1)[:, 1:3, 1:3, :].reshape(weight.shape[0], -1)
+            taps = weight.permute(0, 2, 3, 1)[:, 1:3, 1:3, :].reshape(o, 4 * c)
             x = x.permute(0, 2, 3, 1)
         else:
-            taps = weight[:, :, 1:3, 1:3].reshape(weight.shape[0], -1)
-        return F.linear(x.reshape(n, -1), taps, bias).view(n, -1, 1, 1)
+            taps = weight[:, :, 1:3, 1:3].reshape(o, 4 * c)
+        return F.linear(x.reshape(n, 4 * c), taps, bias).view(n, o, 1, 1)
     if not (weight.requires_grad and torch.is_grad_enabled()):  # no weight gradient to speed up
         return F.conv2d(x, weight, bias, stride=2, padding=1)
     if torch.is_autocast_enabled(x.device.type):
