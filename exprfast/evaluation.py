@@ -71,6 +71,12 @@ def edit_strength(before: torch.Tensor, after: torch.Tensor, direction: torch.Te
     return float((change * direction).sum() / direction.double().pow(2).sum())
 
 
+def coupled_changes(attr: str, value: float, couple=()) -> dict[str, float]:
+    """The attribute values of a slider edit whose strength is measured: ``attr`` and each
+    attribute of ``couple`` (e.g. Mouth_Slightly_Open beside Smiling) set to ``value``."""
+    return {attr: value, **{name: value for name in couple}}
+
+
 # ----------------------------------------------------------------------------- classifier
 
 

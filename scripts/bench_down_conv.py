@@ -113,10 +113,11 @@ def main(argv=None):
     setup = (f"{machine_description()}. Batch {args.batch_size}; forward + backward; "
              f"median of {args.rounds} interleaved rounds of "
              f"{args.repeat} runs each; the gradients named; the weight in the input's memory "
-             "format, as a model converted with .to(memory_format) has it. conv: F.conv2d (oneDNN); down_conv: "
-             "exprfast.models.layers.down_conv (a linear layer on the kernel's central 2x2 taps "
-             "at 2x2 inputs; otherwise oneDNN's forward and input gradient, and the weight "
-             "gradient as one matrix product). bf16: under CPU autocast, as training runs.")
+             "format, as a model converted with .to(memory_format) has it. conv: F.conv2d "
+             "(oneDNN); down_conv: exprfast.models.layers.down_conv (a linear layer on the "
+             "kernel's central 2x2 taps at 2x2 inputs; otherwise oneDNN's forward and input "
+             "gradient, and the weight gradient as one matrix product). bf16: under CPU "
+             "autocast, as training runs.")
     path = write_report(args.out, args.name, "Fader's 4x4 stride-2 convolution on small inputs",
                         [("Setup", setup), ("Forward + backward", markdown_table(columns, rows))],
                         {"args": vars(args), "machine": machine_description(), "rows": rows})

@@ -33,7 +33,7 @@ from exprfast import editing
 from exprfast.checkpoints import load_classifier
 from exprfast.data import default_data_root, to_tensor
 from exprfast.editing import faces
-from exprfast.evaluation import edit_strength
+from exprfast.evaluation import coupled_changes, edit_strength
 
 PASTE_NOTES = {
     "hybrid": "the model's decoding where it changes the face a lot, the change's brightness "
@@ -73,11 +73,6 @@ def face_cell(image, face, cell):
     return image.crop(box).resize((cell, cell), Image.LANCZOS)
 
 
-def changes(value, couple):
-    """An edit's attribute values: Smiling, and each --couple attribute, set to ``value``."""
-    return {"Smiling": value, **{name: value for name in couple}}
-
-
 def mouth_sheet(london, people, editor, smile, couple, cell):
     """The mouths of ``people``: per person a row with the neutral photo set to ``smile`` and
     one with the smiling photo set to 0; columns the photo and each paste mode's edit."""
@@ -87,8 +82,9 @@ def mouth_sheet(london, people, editor, smile, couple, cell):
             photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
             x, y, w, h = faces.detect_faces(np.asarray(photo))[0].box
             box = (int(x + 0.15 * w), int(y + 0.5 * h), int(x + 0.85 * w), int(y + 1.05 * h))
-            edits = [editing.edit_photo(photo, changes(value, couple), model=editor, face=0,
-                                        paste=paste) for paste in editing.PASTE_MODES]
+            values = coupled_changes("Smiling", value, couple)
+            edits = [editing.edit_photo(photo, values, model=editor, face=0, paste=paste)
+                     for paste in editing.PASTE_MODES]
             rows.append(np.concatenate([
                 np.asarray(im.crop(box).resize((cell, cell * 4 // 5), Image.LANCZOS))
                 for im in [photo, *edits]], axis=1))
@@ -108,8 +104,8 @@ def person(london, pid, editor, smile, couple, paste):
     out = {}
     for kind, value in (("neutral", smile), ("smiling", 0.0)):
         photo = Image.open(london / kind / f"{pid}.jpg").convert("RGB")
-        edited, found = editing.edit_photo(photo, changes(value, couple), model=editor, face=0,
-                                           paste=paste, return_faces=True)
+        edited, found = editing.edit_photo(photo, coupled_changes("Smiling", value, couple),
+                                           model=editor, face=0, paste=paste, return_faces=True)
         out[kind] = (photo, edited, found[0])
     return out
 

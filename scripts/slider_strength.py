@@ -17,7 +17,7 @@ import sys
 from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
 from exprfast.data import open_split
-from exprfast.evaluation import edit_strength
+from exprfast.evaluation import coupled_changes, edit_strength
 
 
 def parse_args(argv):
@@ -50,16 +50,14 @@ def main(argv=None):
     drawn = reconstructed[present].mean(0) - reconstructed[~present].mean(0)
     ceiling = float((drawn * direction).sum() / direction.pow(2).sum())
 
-    def changes(value):
-        return {args.attr: value, **{name: value for name in args.couple}}
-
     rows, payload = [], {"faces": len(faces), "smiling": len(smiling), "coupled": args.couple,
                          "reconstruction_ceiling": ceiling, "pastes": {}}
     for paste in args.pastes:
-        up = [edit_strength(neutral, editor.edit(neutral, changes(s), paste=paste), direction)
-              for s in args.values]
-        down = [edit_strength(smiling, editor.edit(smiling, changes(s), paste=paste), -direction)
-                for s in args.values]
+        values = [coupled_changes(args.attr, s, args.couple) for s in args.values]
+        up = [edit_strength(neutral, editor.edit(neutral, v, paste=paste), direction)
+              for v in values]
+        down = [edit_strength(smiling, editor.edit(smiling, v, paste=paste), -direction)
+                for v in values]
         payload["pastes"][paste] = {"values": args.values, "non_smiling_set_to": up,
                                     "smiling_set_to": down}
         for name, projections in ((f"{paste}: non-smiling faces set to s, along d", up),

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import exprfast.models.layers as layers
+from exprfast.models import build
 from exprfast.models.layers import GEMM_MAX_SIDE, DownConv2d, down_conv
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
@@ -120,7 +122,7 @@ def test_module_is_nn_conv2d_with_the_same_state_dict(side):
 
 def test_module_takes_the_matrix_product_only_on_small_cpu_inputs(monkeypatch):
     calls = []
-    import exprfast.models.layers as layers
+
     def recording(x, weight, bias):
         calls.append(x.shape[-1])
         return F.conv2d(x, weight, bias, stride=2, padding=1)
@@ -138,7 +140,6 @@ def test_module_takes_the_matrix_product_only_on_small_cpu_inputs(monkeypatch):
 def test_latent_discriminator_compiles_fullgraph_with_the_same_gradients():
     """``--compile`` compiles the discriminator: its DownConv2d layers (the linear form at 2x2,
     the custom weight gradient at 4x4) must trace whole and give the eager gradients."""
-    from exprfast.models import build
     torch.manual_seed(0)
     discriminator = build("paper", img_size=32).latent_discriminator.eval()
     z = torch.randn(4, discriminator.conv_layers[0].conv.in_channels, 4, 4)
