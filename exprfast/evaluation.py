@@ -280,11 +280,13 @@ def _swap_hits(model, classifier, z, labels, model_cols, clf_cols) -> torch.Tens
     hits = torch.zeros(len(model_cols), 2, 2, dtype=torch.float64)
     for k, (m, c) in enumerate(zip(model_cols, clf_cols)):
         true = (labels[:, m] > 0.5).long()
-        for value in (0, 1):
-            swapped = labels.clone()
+        swaps = [labels.clone() for _ in (0, 1)]
+        for value, swapped in enumerate(swaps):
             swapped[:, m] = value
-            decoded = model.decode(z, swapped).clamp(-1, 1)
-            right = (classifier(decoded).argmax(-1)[:, c] == value).double()
+        # one first-layer conv for both values (FaderModel.decode_many; eval mode: the same
+        # result as two decodes)
+        for value, decoded in enumerate(model.decode_many(z, swaps)):
+            right = (classifier(decoded.clamp(-1, 1)).argmax(-1)[:, c] == value).double()
             hits[k, value] = torch.zeros(2, dtype=torch.float64).index_add_(
                 0, true.cpu(), right.cpu())
     return hits

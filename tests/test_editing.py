@@ -241,6 +241,19 @@ def test_edit_matches_the_decoder(editor):
         assert torch.equal(same, x)
 
 
+@pytest.mark.parametrize("paste", ["residual", "hybrid"])
+def test_edit_decodes_both_values_as_two_decodes_would(editor, paste):
+    """edit decodes the new and the current values in one decode_many call."""
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    current = {"Smiling": 0.3, "Mouth_Slightly_Open": 0.0}
+    out = editor.edit(x, {"Smiling": 1.5}, current=current, paste=paste)
+    with torch.no_grad():
+        z = editor.model.encode(x)
+        new, base = (editor.model.decode(z, torch.tensor([[s, 0.0]] * 3)) for s in (1.5, 0.3))
+        expected = editor.compose(x, new, base, paste)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_hybrid_paste_draws_large_changes_and_adds_the_brightness_of_small_ones():
     painter = editing.Editor(PaintingModel())  # img_size 16
     images = torch.rand(2, 3, 64, 64) * 1.6 - 0.8
@@ -291,6 +304,9 @@ class PaintingModel(nn.Module):
 
     def decode(self, z, attrs):
         return (2 * attrs[:, :1, None, None] - 1).expand(-1, 3, *z.shape[2:]).clone()
+
+    def decode_many(self, z, attr_sets):  # FaderModel's interface
+        return [self.decode(z, attrs) for attrs in attr_sets]
 
 
 def test_estimate_picks_the_best_reconstruction():

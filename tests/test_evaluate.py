@@ -33,6 +33,9 @@ class PaintingModel(nn.Module):
                 x[:, :, j, :] = attrs[:, j, None, None] * 2 - 1
         return x
 
+    def decode_many(self, z, attr_sets):  # FaderModel's interface
+        return [self.decode(z, attrs) for attrs in attr_sets]
+
 
 class RowReader(nn.Module):
     """Classifier that reads attribute ``attrs[k]`` from image row ``rows[k]``."""

@@ -178,8 +178,10 @@ class Editor:
             target = base.clone()
             for name, value in changes.items():
                 target[:, self.attrs.index(name)] = value
-            decoded = self.model.decode(z, target)
-            current_decoded = None if replace else self.model.decode(z, base)
+            if replace:
+                decoded, current_decoded = self.model.decode(z, target), None
+            else:  # one first-layer conv for both (FaderModel.decode_many)
+                decoded, current_decoded = self.model.decode_many(z, [target, base])
             outputs.append(self.compose(full[start:start + _BATCH], decoded, current_decoded,
                                         paste))
         return restore(torch.cat(outputs))
