@@ -33,9 +33,11 @@ RECIPES = {
 }
 # Not timed unless named: the presets and precisions of issue 10's step-time targets, to be
 # timed side by side with --base fader; the classifier-loss step with two decode calls; and
-# steps whose small 4x4 stride-2 convs all run as oneDNN convs (the code before DownConv2d).
+# steps whose small 4x4 stride-2 convs all run as oneDNN convs (the code before DownConv2d);
+# steps whose optimizers are torch.optim.Adam(fused=True) (the code before FlatAdam).
 TWO_DECODES = "+clf (reader trained alongside), two decode calls"
 CONV_ONLY = ", small down convs on oneDNN"
+TORCH_ADAM = ", torch.optim.Adam"
 COMPARISONS = {
     "fader": {"preset": "fader"},
     "paper bf16": {"precision": "bf16"},
@@ -44,6 +46,9 @@ COMPARISONS = {
     "paper" + CONV_ONLY: {},
     "fader" + CONV_ONLY: {"preset": "fader"},
     "paper bf16" + CONV_ONLY: {"precision": "bf16"},
+    "paper" + TORCH_ADAM: {},
+    "fader" + TORCH_ADAM: {"preset": "fader"},
+    "paper bf16" + TORCH_ADAM: {"precision": "bf16"},
 }
 
 
@@ -66,6 +71,23 @@ def convs_only(trainer):
     for module in trainer.model.modules():
         if isinstance(module, DownConv2d):
             module.gemm_max_side = 0
+
+
+class _TorchAdam(torch.optim.Adam):
+    """torch.optim.Adam(fused=True) over the parameters themselves, as the trainer had it."""
+
+    def sync_grads(self):  # the trainer's call for FlatAdam; here the gradients are the params'
+        pass
+
+
+def torch_adam(trainer):
+    """The trainer's optimizers (still without state) replaced by torch.optim.Adam."""
+    for name in ("ae_optimizer", "dis_optimizer", "reader_optimizer", "patch_optimizer"):
+        optimizer = getattr(trainer, name)
+        if optimizer is not None:
+            group = optimizer.param_groups[0]
+            setattr(trainer, name, _TorchAdam(optimizer.params, lr=group["lr"],
+                                              betas=group["betas"], fused=True))
 
 
 def parse_args(argv):
@@ -102,6 +124,8 @@ def main(argv=None):
     for name in trainers:
         if name.endswith(CONV_ONLY):
             convs_only(trainers[name])
+        if name.endswith(TORCH_ADAM):
+            torch_adam(trainers[name])
     for trainer in trainers.values():  # warm-up (and past clf_train_steps for the frozen one)
         trainer.train_step()
         trainer.train_step()

@@ -87,6 +87,7 @@ def part_times(trainer: Trainer, repeat: int) -> dict[str, float]:
 
     def optimizers():
         for optimizer in (trainer.dis_optimizer, trainer.ae_optimizer):
+            optimizer.sync_grads()
             params = [p for group in optimizer.param_groups for p in group["params"]]
             nn.utils.clip_grad_norm_(params, trainer.config.clip_grad_norm)
             optimizer.step()

@@ -49,6 +49,7 @@ from ..data import FaceDataset
 from ..models import (AttributeReader, PatchDiscriminator, build, classifier_loss,
                       critic_loss, least_squares_loss)
 from .config import TrainConfig, check_resumable
+from .optim import FlatAdam
 from .stream import BatchStream, seed_rngs
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -126,19 +127,19 @@ class Trainer:
         self.autoencoder = self._distributed(AutoEncoder(self.model))
         self.discriminator = self._distributed(self.model.latent_discriminator)
         self.ae_params = [*self.model.encoder.parameters(), *self.model.decoder.parameters()]
-        # fused: one kernel for all parameters (on the CPU the default is a Python loop over
-        # them); the same Adam, so checkpoints load either way.
-        adam = dict(lr=config.lr, betas=config.betas, fused=True)
-        self.ae_optimizer = torch.optim.Adam(self.ae_params, **adam)
-        self.dis_optimizer = torch.optim.Adam(self.model.latent_discriminator.parameters(),
-                                              **adam)
+        # Fused Adam (one kernel for all parameters; on the CPU the default is a Python loop
+        # over them), given each channels_last weight's memory as it lies (training/optim.py):
+        # the same Adam, bit for bit, so checkpoints load either way.
+        adam = dict(lr=config.lr, betas=config.betas)
+        self.ae_optimizer = FlatAdam(self.ae_params, **adam)
+        self.dis_optimizer = FlatAdam(self.model.latent_discriminator.parameters(), **adam)
         self.reader_optimizer = self.patch_optimizer = None
         if self.reader is not None:
             self.reader_ddp = self._distributed(self.reader)
-            self.reader_optimizer = torch.optim.Adam(self.reader.parameters(), **adam)
+            self.reader_optimizer = FlatAdam(self.reader.parameters(), **adam)
         if self.patch is not None:
             self.patch_ddp = self._distributed(self.patch)
-            self.patch_optimizer = torch.optim.Adam(self.patch.parameters(), **adam)
+            self.patch_optimizer = FlatAdam(self.patch.parameters(), **adam)
         self.amp_dtype = _AMP_DTYPES.get(config.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.stream = BatchStream(train_set, config.batch_size, config.seed, rank, world_size)
@@ -269,6 +270,7 @@ class Trainer:
     def _update(self, loss, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        optimizer.sync_grads()  # the gradients that unscaling and clipping see
         self.scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
