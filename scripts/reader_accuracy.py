@@ -39,10 +39,10 @@ def scores(readings, labels):
 
 def main(argv=None):
     args = parse_args(argv)
-    editor = editing.load(args.model)
-    if editor.reader is None:
-        raise SystemExit(f"{args.model or 'the bundled model'} has no attribute reader "
-                         "(models trained with --lambda-clf carry one)")
+    try:
+        editor = editing.load(args.model, need_reader=True)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     data = open_split(args.data_root, editor.img_size, args.split, attrs=list(editor.attrs),
                       limit=args.limit)
     faces, labels = data.batch(range(len(data)))

@@ -255,6 +255,43 @@ def test_slider_strength_report(tmp_path, attrs, couple):
         tmp_path / "slider_strength.md").read_text()
 
 
+def test_edit_readings_report(tmp_path):
+    """scripts/edit_readings.py: each classifier's mean logit margin on every group of faces,
+    and the reader's feature distances; a model without a reader is refused by name."""
+    edit_readings = script("edit_readings")
+    root = make_celebahq(tmp_path / "data", n=80, size=32)
+    torch.manual_seed(3)
+    reader = models.AttributeReader(32, ["Smiling"]).eval()
+    checkpoints.save_model(tiny_model(), tmp_path / "model.pt", reader=reader, half=False)
+    judge = models.AttributeClassifier(32, ["Smiling"], init_fm=8, hid_dim=16).eval()
+    checkpoints.save_classifier(judge, tmp_path / "judge.pt", {})
+    assert edit_readings.main(["--model", str(tmp_path / "model.pt"), "--judge",
+                               str(tmp_path / "judge.pt"), "--data-root", str(root),
+                               "--values", "1", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "edit_readings.json").read_text())
+    faces_, labels = open_split(root, 32, "val", attrs=["Smiling"]).batch(range(report["faces"]))
+    has = labels[:, 0] > 0.5
+    editor = editing.load(tmp_path / "model.pt")
+    with torch.no_grad():
+        edited = editor.model.decode(editor.model.encode(faces_[~has]),
+                                     torch.full((int((~has).sum()), 1), 2.0))
+        for name, classifier in (("reader", editor.reader), ("judge", judge)):
+            logits = classifier(edited)[:, 0]
+            expected = (logits[:, 1] - logits[:, 0]).mean().item()
+            assert report["margins"][name]["without, set to 2"] == pytest.approx(expected,
+                                                                                rel=1e-4)
+            logits = classifier(faces_[has])[:, 0]
+            assert report["margins"][name]["real, with"] == pytest.approx(
+                (logits[:, 1] - logits[:, 0]).mean().item(), rel=1e-4)
+    assert set(report["feature_distances"]) == {"reconstructions, with vs without",
+                                                "set to 1 vs reconstructions with"}
+    assert all(math.isfinite(v) and v >= 0 for v in report["feature_distances"].values())
+    checkpoints.save_model(tiny_model(), tmp_path / "plain.pt")
+    with pytest.raises(SystemExit, match="no attribute reader"):
+        edit_readings.main(["--model", str(tmp_path / "plain.pt"), "--judge",
+                            str(tmp_path / "judge.pt"), "--data-root", str(root)])
+
+
 # ----------------------------------------------------------------------------- reader accuracy
 
 

@@ -134,6 +134,18 @@ def test_luminance_reader_sees_no_colour():
     assert rebuilt.luminance and torch.equal(rebuilt.eval()(x), reader(x))
 
 
+@pytest.mark.parametrize("luminance", [False, True])
+def test_reader_features_are_what_its_head_reads(luminance):
+    torch.manual_seed(0)
+    reader = models.AttributeReader(32, ["Smiling", "Male"], luminance=luminance).eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    features = reader.features(x)
+    assert features.shape == (3, reader.head.in_features)
+    torch.testing.assert_close(reader.head(features).view(3, 2, 2), reader(x))
+    with pytest.raises(ValueError):
+        reader.features(torch.rand(3, 3, 16, 16))
+
+
 def test_model_file_carries_the_reader_and_the_editor_reads_with_it(tmp_path):
     model = tiny_model()
     torch.manual_seed(1)

@@ -49,11 +49,16 @@ HYBRID_DETAIL = 0.3
 _BATCH = 32
 
 
-def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Editor":
+def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+         need_reader: bool = False) -> "Editor":
     """The model file at ``path`` (default the bundled model; a training checkpoint works too)
     as an :class:`Editor` on ``device``, float32, eval mode. FileNotFoundError if the file is
-    missing, ValueError naming the file and the problem if it is not a valid model."""
+    missing, ValueError naming the file and the problem if it is not a valid model, or, with
+    ``need_reader``, if it carries no attribute reader."""
     model, reader, meta = load_model(path)
+    if need_reader and reader is None:
+        raise ValueError(f"{path or 'the bundled model'} has no attribute reader (models "
+                         "trained with --lambda-clf carry one)")
     return Editor(model, meta=meta, device=device, reader=reader)
 
 

@@ -117,11 +117,19 @@ class AttributeReader(_ImageClassifier):
         self._check_input(x)
         if with_realness and self.realness is None:
             raise ValueError("with_realness=True needs a reader built with critic=True")
-        if self.luminance:
-            x = (x * self.luma.to(x.dtype)).sum(1, keepdim=True)
-        features = self.conv_layers(x)
+        features = self._feature_map(x)
         logits = self.head(features.mean((2, 3))).view(len(x), len(self.attrs), 2)
         return (logits, self.realness(features)) if with_realness else logits
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features ``(N, F)`` that the attribute head reads."""
+        self._check_input(x)
+        return self._feature_map(x).mean((2, 3))
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        if self.luminance:
+            x = (x * self.luma.to(x.dtype)).sum(1, keepdim=True)
+        return self.conv_layers(x)
 
 
 class PatchDiscriminator(nn.Module):
