@@ -20,6 +20,7 @@ import torch
 from exprfast.benchmarking import machine_description, markdown_table, write_report
 from exprfast.models.layers import DownConv2d
 from exprfast.training import PRECISIONS, Trainer, TrainConfig, open_datasets
+from exprfast.training.allocator import keep_freed_memory
 
 # name -> TrainConfig changes; the edit losses as in the ablation (benchmarks/ablation.md)
 RECIPES = {
@@ -103,6 +104,9 @@ def parse_args(argv):
                    default=list(RECIPES), help="recipes timed (and paper, and the base)")
     p.add_argument("--base", choices=[*RECIPES, *COMPARISONS], default="paper",
                    help="the recipe the ratios are to (default %(default)s)")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="glibc keeps freed memory, as training does (default on; "
+                        "scripts/bench_allocator.py compares)")
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--name", default="recipes", help="report file name (without extension)")
     return p.parse_args(argv)
@@ -110,6 +114,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    allocator = keep_freed_memory() if args.keep_freed_memory else "allocator as it is"
     common = dict(data_root=args.data_root, img_size=args.img_size, limit=args.limit,
                   precision=args.precision, batch_size=args.batch_size, progress=False,
                   lambda_lat=0.01, lambda_ramp_steps=0)
@@ -145,9 +150,10 @@ def main(argv=None):
     sections = [("", f"{machine_description()}. {args.img_size} px, {args.precision} and the "
                      f"paper preset unless a recipe names others, batch {args.batch_size}, "
                      f"channels_last; median of {args.rounds} interleaved steps per recipe after "
-                     "2 warm-up steps, all recipes in one process on the same images."),
+                     "2 warm-up steps, all recipes in one process on the same images; "
+                     f"{allocator}."),
                 ("Step time", markdown_table(columns, rows))]
-    payload = {"machine": machine_description(), "settings": vars(args),
+    payload = {"machine": machine_description(), "settings": vars(args), "allocator": allocator,
                "times_s": times, "recipes": {name: every[name] for name in times}}
     title = "Training recipes: step time"
     print(f"wrote {write_report(args.out, args.name, title, sections, payload)}")

@@ -1,6 +1,8 @@
 """exprfast.training: a short run on real faces, exact resume, checkpoint contents, 2-process DDP
 (gloo), SIGINT, the data order, and clear errors for bad data and flags. Tiny models at 32 px."""
 import argparse
+import ctypes
+import ctypes.util
 import errno
 import json
 import os
@@ -20,7 +22,8 @@ from conftest import REAL_CELEBAHQ, REPO, TINY
 from exprfast import checkpoints, files, training
 from exprfast.cli import main as cli_main
 from exprfast.files import WriteError
-from exprfast.training import trainer
+from exprfast.training import allocator, trainer
+from exprfast.training import run as run_module
 from exprfast.training.stream import BatchStream
 from exprfast.models import build
 
@@ -545,3 +548,41 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(class_faces, cache_d
     lines = [line for line in err.splitlines() if line.startswith("exprfast: step")]
     assert [line.split(":")[1] for line in lines] == [" step 2/4", " step 4/4", " step 4/4"]
     assert "recon " in lines[0] and "img/s " in lines[0] and "val_mse " in lines[2]
+
+
+# ----------------------------------------------------------------------------- allocator
+
+
+def _mapped_blocks():
+    """glibc's count of memory blocks it has mmapped (mallinfo2().hblks)."""
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2().hblks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_keep_freed_memory_stops_mapping_large_blocks():
+    if not hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    assert allocator.keep_freed_memory() == ("allocator keeps freed memory "
+                                             "(glibc: no mmap blocks, no trimming)")
+    before = _mapped_blocks()
+    big = torch.empty(64 * 2**20, dtype=torch.uint8)  # far above any mmap threshold
+    assert _mapped_blocks() == before  # from the heap, so freeing it keeps it for reuse
+    del big
+
+
+def test_run_result_says_what_the_allocator_does(class_faces, cache_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(run_module, "keep_freed_memory", lambda: calls.append(1) or "kept")
+    result = training.train(tiny_config(class_faces, tmp_path / "on", cache_dir, steps=1))
+    assert calls == [1] and result["allocator"] == "kept"
+    result = training.train(tiny_config(class_faces, tmp_path / "off", cache_dir, steps=1,
+                                        keep_freed_memory=False))
+    assert calls == [1] and "--no-keep-freed-memory" in result["allocator"]
+    assert json.loads((tmp_path / "off" / "result.json").read_text())["allocator"] == \
+        result["allocator"]

@@ -68,6 +68,8 @@ class TrainConfig:
     # README, Benchmarks); the paper decoder is slower than fader's in NCHW.
     channels_last: bool = True
     compile: bool = False
+    # glibc keeps the memory a step frees for the next (training/allocator.py)
+    keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:
         for name in ("data_root", "cache_dir", "run_dir", "resume"):
@@ -230,6 +232,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="channels_last memory format (default on: the fused op's native layout)")
     speed.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
                        help="torch.compile the encoder, decoder and discriminator")
+    speed.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction,
+                       default=d.keep_freed_memory,
+                       help="let glibc's malloc keep the memory each step frees for the next "
+                            "instead of mapping and faulting it in again (default on; the "
+                            "training process's allocator only; benchmarks/allocator.md)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

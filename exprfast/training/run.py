@@ -50,6 +50,7 @@ import torch
 from ..checkpoints import checkpoint_path, list_checkpoints, load_checkpoint
 from ..data import FaceDataset, open_split
 from ..files import atomic_torch_save, atomic_write, check_writable, temp_files
+from .allocator import keep_freed_memory
 from .config import TrainConfig, check_resumable, resumed_config
 from .distributed import any_rank, env_rank, gather, parameter_digest, process_group, resolve_device
 from .logs import RunLog, Window
@@ -75,8 +76,9 @@ def open_datasets(config: TrainConfig, warn: bool = True) -> tuple[FaceDataset, 
 def train(config: TrainConfig, explicit: Collection[str] | None = None) -> dict:
     """Train a model as ``config`` says (see the module docstring); returns the final metrics:
     ``step``, the last logged training means, ``val_recon_mse``, ``val_dis_acc``,
-    ``interrupted``, ``checkpoint``, ``run_dir``, ``seconds`` (and ``ranks_agree`` under DDP:
-    whether every rank ended with the same parameters). The same dict on every rank.
+    ``interrupted``, ``checkpoint``, ``run_dir``, ``seconds``, ``allocator`` (what
+    ``keep_freed_memory`` did) (and ``ranks_agree`` under DDP: whether every rank ended with the
+    same parameters). The same dict on every rank.
 
     ``explicit``: when resuming, the option names (``config.explicit_options``) that override
     the interrupted run's settings; every other option is the run's. None: ``config`` as it is.
@@ -157,6 +159,8 @@ def _train_in_group(config, train_set, val_set, device, rank, world_size, resume
                     signals) -> dict:
     """The body of ``train`` inside the process group. A function of its own so that the trainer
     (whose DDP reducer holds the group) is freed before the group is destroyed."""
+    allocator = (keep_freed_memory() if config.keep_freed_memory
+                 else "allocator left as it is (--no-keep-freed-memory)")
     trainer = Trainer(config, train_set, device, rank, world_size)
     resumed, checkpoint = None, loaded.pop()
     if checkpoint is not None:
@@ -172,6 +176,7 @@ def _train_in_group(config, train_set, val_set, device, rank, world_size, resume
         result = _loop(trainer, log, val_set, world_size, signals, resumed)
     finally:
         log.close()
+    result["allocator"] = allocator
     if world_size > 1:
         result["ranks_agree"] = len(set(gather(parameter_digest(trainer.model),
                                                 world_size))) == 1
