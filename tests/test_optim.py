@@ -115,3 +115,35 @@ def test_a_parameter_that_does_not_fill_its_memory_is_refused():
     sliced = nn.Parameter(torch.randn(4, 6)[:, ::2])
     with pytest.raises(ValueError, match="parameter 0"):
         FlatAdam([sliced], **ADAM)
+
+
+def test_a_scalar_parameter_and_its_state_round_trip():
+    torch.manual_seed(0)
+    scalar, weight = nn.Parameter(torch.tensor(0.5)), nn.Parameter(
+        torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last))
+    twins = [p.detach().clone().requires_grad_() for p in (scalar, weight)]
+    flat = FlatAdam([scalar, weight], **ADAM)
+    adam = torch.optim.Adam(twins, fused=True, **ADAM)
+    for step in range(3):
+        for optimizer, params in ((flat, [scalar, weight]), (adam, twins)):
+            optimizer.zero_grad()
+            (params[0] * params[1].sum() * (step + 1)).backward()
+            optimizer.step()
+    assert torch.equal(scalar, twins[0]) and torch.equal(weight, twins[1])
+    state = round_trip(flat.state_dict())
+    assert state["state"][0]["exp_avg"].shape == () and state["state"][0]["step"].shape == ()
+    reloaded = FlatAdam([scalar, weight], **ADAM)
+    reloaded.load_state_dict(state)
+    assert torch.equal(reloaded.state_dict()["state"][1]["exp_avg_sq"],
+                       adam.state_dict()["state"][1]["exp_avg_sq"])
+
+
+def test_param_groups_and_wrong_moment_shapes_are_refused():
+    with pytest.raises(TypeError, match="one parameter group"):
+        FlatAdam([{"params": [nn.Parameter(torch.zeros(2))]}], **ADAM)
+    net = model()
+    state = torch.optim.Adam(model(1).parameters(), **ADAM).state_dict()
+    state["state"] = {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(3),
+                          "exp_avg_sq": torch.zeros(3)}}
+    with pytest.raises(ValueError, match="moment of shape"):
+        FlatAdam(net.parameters(), **ADAM).load_state_dict(state)

@@ -15,6 +15,10 @@ from typing import Iterable
 import torch
 
 
+# Adam's per-parameter state that has the parameter's shape (the rest, such as "step", does not).
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
 def _memory_view(t: torch.Tensor) -> torch.Tensor:
     """A flat view of the memory of a dense, non-overlapping tensor, in memory order."""
     return t.detach().as_strided((t.numel(),), (1,), t.storage_offset())
@@ -26,7 +30,8 @@ def _dense(t: torch.Tensor) -> bool:
 
 
 class FlatAdam(torch.optim.Adam):
-    """``torch.optim.Adam`` (``fused=True`` by default) over flat views of ``params``' memory.
+    """``torch.optim.Adam`` (``fused=True`` by default) over flat views of the memory of
+    ``params``, an iterable of tensors (one parameter group).
 
     ``param_groups`` hold those views; ``sync_grads()`` points their gradients at the
     parameters' (call it after backward when something, such as gradient clipping or a
@@ -36,6 +41,9 @@ class FlatAdam(torch.optim.Adam):
     def __init__(self, params: Iterable[torch.Tensor], **kwargs) -> None:
         self.params = list(params)
         for k, p in enumerate(self.params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"FlatAdam: parameter {k} is a {type(p).__name__}; it takes "
+                                "tensors (one parameter group)")
             if not _dense(p):
                 raise ValueError(f"FlatAdam: parameter {k} (shape {list(p.shape)}, strides "
                                  f"{list(p.stride())}) does not fill its memory densely; use "
@@ -68,31 +76,30 @@ class FlatAdam(torch.optim.Adam):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["state"] = {index: {key: self._shaped(value, self.params[index])
-                                  for key, value in entries.items()}
+        state["state"] = {index: {key: _shaped(value, self.params[index]) if key in _MOMENTS
+                                  else value for key, value in entries.items()}
                           for index, entries in state["state"].items()}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
-        state_dict["state"] = {index: {key: self._flat(value, self.params[int(index)])
+        state_dict["state"] = {index: {key: _flat(value, self.params[int(index)])
+                                       if key in _MOMENTS else value
                                        for key, value in entries.items()}
                                for index, entries in state_dict.get("state", {}).items()}
         super().load_state_dict(state_dict)
 
-    @staticmethod
-    def _shaped(value, param: torch.Tensor):
-        """A flat moment as a tensor of the parameter's shape and strides (same memory)."""
-        if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == param.numel() \
-                and param.dim() != 1:
-            return value.as_strided(param.shape, param.stride())
-        return value
 
-    @staticmethod
-    def _flat(value, param: torch.Tensor):
-        """A moment of the parameter's shape (any strides) as a flat vector in the parameter's
-        memory order."""
-        if isinstance(value, torch.Tensor) and value.shape == param.shape and param.dim() != 1:
-            return _memory_view(torch.empty_like(param, device=value.device,
-                                                 dtype=value.dtype).copy_(value))
-        return value
+def _shaped(moment: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A flat moment as a tensor of the parameter's shape and strides (the same memory)."""
+    return moment.as_strided(param.shape, param.stride())
+
+
+def _flat(moment: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A moment of the parameter's shape (any strides) as a flat vector in the parameter's
+    memory order."""
+    if moment.shape != param.shape:
+        raise ValueError(f"FlatAdam.load_state_dict: a moment of shape {list(moment.shape)} "
+                         f"for a parameter of shape {list(param.shape)}")
+    laid_out = torch.empty_like(param, device=moment.device, dtype=moment.dtype)
+    return _memory_view(laid_out.copy_(moment))
