@@ -25,6 +25,7 @@ from torch import nn
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
 from exprfast.models import PRESETS
 from exprfast.training import PRECISIONS, Trainer, TrainConfig, open_datasets
+from exprfast.training.allocator import keep_freed_memory
 from exprfast.training.trainer import attribute_targets, discriminator_loss
 
 
@@ -102,6 +103,7 @@ def part_times(trainer: Trainer, repeat: int) -> dict[str, float]:
 
 def main(argv=None):
     args = parse_args(argv)
+    allocator = keep_freed_memory()  # as training runs
     rows = []
     for size in args.img_sizes:
         for preset in args.presets:
@@ -120,7 +122,8 @@ def main(argv=None):
     setup = (f"{machine_description(args.device)}. Batch {args.batch_size}, {args.precision}, "
              f"channels_last, {args.limit} CelebA-HQ images; median of {args.repeat} runs of "
              "each part, in ms (share of the step). Parts as scripts/profile_step.py describes; "
-             "their sum can exceed the step a little, the parts being timed cold one by one.")
+             "their sum can exceed the step a little, the parts being timed cold one by one; "
+             f"{allocator}.")
     path = write_report(args.out, args.name, "Where a training step's time goes",
                         [("Setup", setup), ("Parts", markdown_table(columns, rows))],
                         {"args": vars(args), "machine": machine_description(args.device),
