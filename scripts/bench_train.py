@@ -26,6 +26,7 @@ import torch
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
 from exprfast.models import PRESETS, parameter_counts
 from exprfast.training import PRECISIONS, Trainer, TrainConfig, open_datasets
+from exprfast.training.allocator import keep_freed_memory
 
 
 def parse_args(argv=None):
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last activations, as exprfast train does by default")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="glibc keeps freed memory in each configuration's process, as training "
+                        "does (default on)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default torch's, one per core); a busy machine "
                         "makes OpenMP threads wait on each other: run it on quiet cores")
@@ -78,6 +82,8 @@ def peak_memory_mb(device):
 
 def run_worker(args, job):
     """Time one configuration in this process; prints its row as JSON."""
+    if args.keep_freed_memory:
+        keep_freed_memory()
     config = bench_config(args, job["img_size"], job["preset"], job["precision"],
                           job.get("reuse_latent", False))
     train_set, _ = open_datasets(config)
@@ -200,7 +206,9 @@ def write_train_report(args, rows):
     sections = [
         ("", f"{machine_description(args.device)}. Batch {args.batch_size}, {args.limit} CelebA-HQ "
              f"images, median of {args.steps} timed steps after {args.warmup} warm-up steps"
-             f"{', channels_last' if args.channels_last else ''}. A step is one "
+             f"{', channels_last' if args.channels_last else ''}"
+             f"{', freed memory kept (keep_freed_memory)' if args.keep_freed_memory else ''}. "
+             "A step is one "
              "latent-discriminator update and one autoencoder update (exprfast.training.Trainer."
              "train_step); samples/s = batch / step time."),
         ("Training samples/s", markdown_table(
