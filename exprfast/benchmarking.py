@@ -57,3 +57,15 @@ def write_report(out_dir, name, title, sections, payload):
     (out_dir / f"{name}.md").write_text("\n".join(text))
     (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     return out_dir / f"{name}.md"
+
+
+def write_table_report(args, title, setup, heading, columns, rows, device="cpu"):
+    """``write_report`` of a one-table benchmark to ``args.out``/``args.name``: a Setup section,
+    then ``rows`` under ``heading``; its JSON holds ``args``, the machine and the rows. Prints
+    the path and returns it."""
+    path = write_report(args.out, args.name, title,
+                        [("Setup", setup), (heading, markdown_table(columns, rows))],
+                        {"args": vars(args), "machine": machine_description(device),
+                         "rows": rows})
+    print(f"wrote {path}")
+    return path

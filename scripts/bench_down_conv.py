@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
+from exprfast.benchmarking import machine_description, time_call, write_table_report
 from exprfast.models import build
 from exprfast.models.layers import down_conv
 
@@ -118,10 +118,8 @@ def main(argv=None):
              "kernel's central 2x2 taps at 2x2 inputs; otherwise oneDNN's forward and input "
              "gradient, and the weight gradient as one matrix product). bf16: under CPU "
              "autocast, as training runs.")
-    path = write_report(args.out, args.name, "Fader's 4x4 stride-2 convolution on small inputs",
-                        [("Setup", setup), ("Forward + backward", markdown_table(columns, rows))],
-                        {"args": vars(args), "machine": machine_description(), "rows": rows})
-    print(f"wrote {path}")
+    write_table_report(args, "Fader's 4x4 stride-2 convolution on small inputs", setup,
+                       "Forward + backward", columns, rows)
 
 
 if __name__ == "__main__":

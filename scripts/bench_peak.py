@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
+from exprfast.benchmarking import machine_description, time_call, write_table_report
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -69,10 +69,8 @@ def main(argv=None):
     columns = list(rows[0])
     setup = (f"{machine_description()}. Forward only; FLOPs = 2 × multiply-adds; median of "
              f"{args.rounds} interleaved rounds of {args.repeat} runs each.")
-    path = write_report(args.out, args.name, "The machine's float32 and bfloat16 rates",
-                        [("Setup", setup), ("Rates", markdown_table(columns, rows))],
-                        {"args": vars(args), "machine": machine_description(), "rows": rows})
-    print(f"wrote {path}")
+    write_table_report(args, "The machine's float32 and bfloat16 rates", setup, "Rates",
+                       columns, rows)
 
 
 if __name__ == "__main__":

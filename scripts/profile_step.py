@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
+from exprfast.benchmarking import machine_description, time_call, write_table_report
 from exprfast.models import PRESETS
 from exprfast.training import PRECISIONS, Trainer, TrainConfig, open_datasets
 from exprfast.training.allocator import keep_freed_memory
@@ -124,11 +124,8 @@ def main(argv=None):
              "each part, in ms (share of the step). Parts as scripts/profile_step.py describes; "
              "their sum can exceed the step a little, the parts being timed cold one by one; "
              f"{allocator}.")
-    path = write_report(args.out, args.name, "Where a training step's time goes",
-                        [("Setup", setup), ("Parts", markdown_table(columns, rows))],
-                        {"args": vars(args), "machine": machine_description(args.device),
-                         "rows": rows})
-    print(f"wrote {path}")
+    write_table_report(args, "Where a training step's time goes", setup, "Parts", columns, rows,
+                       args.device)
 
 
 if __name__ == "__main__":
