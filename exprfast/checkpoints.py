@@ -145,6 +145,15 @@ def load_model(path: str | os.PathLike | None = None) -> ModelFile:
     return ModelFile(model, reader, meta if isinstance(meta, dict) else {})
 
 
+def holds_discriminator(path: str | os.PathLike) -> bool:
+    """Whether the model file or training checkpoint at ``path`` holds the latent
+    discriminator's trained weights (``load_model`` builds a fresh one where it does not)."""
+    payload = read_payload(path, "model file", {MODEL_FORMAT: MODEL_VERSION,
+                                                TRAIN_FORMAT: TRAIN_VERSION})
+    state = payload.get("model" if payload["format"] == TRAIN_FORMAT else "state_dict")
+    return isinstance(state, dict) and any(k.startswith(_DISCRIMINATOR) for k in state)
+
+
 def _rebuild(path, constructor, payload: dict, optional: str | None = None) -> nn.Module:
     """``constructor(**config)`` with ``state_dict`` loaded as float32, eval mode; keys starting
     with ``optional`` may be absent."""

@@ -9,6 +9,11 @@
   of each attribute -- every image decoded with the attribute set to 0, then to 1 (the others
   kept at their true values), and the fraction the classifier reads back as the value set.
   ``write_results`` writes the numbers as JSON and as a markdown table.
+* ``latent_probe``: how much of each attribute a Fader latent still carries. A fresh latent
+  discriminator (the model's own architecture, the training recipe's Adam) learns the attributes
+  from the latents of training faces; its accuracy on held-out latents is the answer (the
+  majority class's share: nothing left). The model's own discriminator is no measure: the
+  encoder is trained to fool that one.
 * ``edit_strength``: how far edits move faces along a direction such as the mean smiling face
   minus the mean neutral one (``scripts/slider_strength.py``, ``scripts/london_pairs.py``).
 
@@ -34,7 +39,7 @@ from tqdm import tqdm
 from .checkpoints import save_classifier
 from .checks import check_attr_names, check_positive_int
 from .data import DEFAULT_ATTRS, FaceDataset, open_split
-from .models import AttributeClassifier, classifier_loss
+from .models import AttributeClassifier, build, classifier_loss
 
 _MAX_GRAD_NORM = 5.0  # Fader's classifier.py default
 _ADAM_BETAS = (0.5, 0.999)  # Fader's get_optimizer("adam")
@@ -330,6 +335,71 @@ def results_markdown(results: dict, name: str) -> str:
 
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+# ----------------------------------------------------------------------------- latent probe
+
+
+@torch.no_grad()
+def encode_split(model: nn.Module, dataset: FaceDataset, n: int | None = None,
+                 batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(latents, labels)`` of the first ``n`` (default all) faces of ``dataset``, encoded by
+    ``model`` in eval mode; on the CPU."""
+    n = len(dataset) if n is None else min(n, len(dataset))
+    device, latents, labels = _device_of(model), [], []
+    with _eval_mode(model):
+        for images, attrs in _batches(dataset, n, batch_size):
+            latents.append(model.encode(images.to(device)).float().cpu())
+            labels.append(attrs)
+    return torch.cat(latents), torch.cat(labels)
+
+
+def latent_probe(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+                 held_out: tuple[torch.Tensor, torch.Tensor],
+                 steps: Sequence[int] = (100, 300, 1000), batch_size: int = 32,
+                 seed: int = 0) -> dict:
+    """How well a fresh latent discriminator reads the attributes back from a Fader ``model``'s
+    latents (module docstring). ``train``/``held_out``: ``(latents, labels)`` from
+    ``encode_split``. Trained for ``max(steps)`` steps of ``batch_size`` (Adam 2e-4, betas (0.5,
+    0.999), gradient norm clipped at 5: the training recipe's); returns ``{"steps", "accuracy":
+    per step in ``steps``, the held-out accuracy per attribute, "majority": the held-out share of
+    each attribute's commoner class}``."""
+    for step in steps:
+        check_positive_int(step, "steps")
+    steps = sorted(set(steps))
+    if not steps:
+        raise ValueError("latent_probe needs at least one number of steps")
+    (z, y), (z_out, y_out) = train, held_out
+    if len(z) == 0 or len(z_out) == 0:
+        raise ValueError("latent_probe needs latents to train on and held-out ones to score")
+    with torch.random.fork_rng(devices=[]):  # seeded weights and dropout, the caller's RNG kept
+        torch.manual_seed(seed)
+        return _train_probe(build(**model.config).latent_discriminator.float(), z, y, z_out,
+                            y_out, steps, batch_size, torch.Generator().manual_seed(seed))
+
+
+def _train_probe(probe, z, y, z_out, y_out, steps, batch_size, generator) -> dict:
+    """``latent_probe``'s training and scoring, with the RNG already seeded."""
+    optimizer = torch.optim.Adam(probe.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    targets, targets_out = (y > 0.5).long(), (y_out > 0.5).long()
+    accuracy = []
+    for step in range(1, steps[-1] + 1):
+        probe.train()
+        rows = torch.randint(len(z), (batch_size,), generator=generator)
+        logits = probe(z[rows]).view(batch_size, -1, 2)
+        loss = classifier_loss(logits, targets[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(probe.parameters(), 5.0)
+        optimizer.step()
+        if step in steps:
+            with _eval_mode(probe), torch.no_grad():
+                read = torch.cat([probe(part) for part in z_out.split(256)])
+            hits = read.view(len(z_out), -1, 2).argmax(-1) == targets_out
+            accuracy.append(hits.float().mean(0).tolist())
+    share = targets_out.float().mean(0)
+    return {"steps": steps, "accuracy": accuracy,
+            "majority": torch.maximum(share, 1 - share).tolist()}
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REAL_CELEBAHQ, make_celebahq
+from conftest import REAL_CELEBAHQ, make_celebahq, tiny_model
 from exprfast import checkpoints, evaluation, models
 from exprfast.data import ATTR_FILE, celebahq_paths
 
@@ -106,6 +106,51 @@ def test_ssim_falls_with_noise_and_is_symmetric():
 def test_metrics_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="one shape"):
         evaluation.psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 4))
+
+
+# ----------------------------------------------------------------------------- latent probe
+
+
+def _planted_latents(model, n, seed, planted):
+    """``n`` random latents of ``model``'s shape with 0/1 labels; with ``planted`` the label
+    shifts one channel, else the latents say nothing about it."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, 1, generator=generator) < 0.4).float()
+    z = torch.randn(n, *model.latent_shape, generator=generator)
+    if planted:
+        z[:, 0] += 2 * labels.view(n, 1, 1)
+    return z, labels
+
+
+def test_encode_split_encodes_the_first_faces_in_eval_mode():
+    model = tiny_model().train()
+    images = torch.rand(10, 3, 32, 32) * 2 - 1
+    labels = balanced_labels(10)
+    latents, read = evaluation.encode_split(model, TensorFaces(images, labels), n=7, batch_size=3)
+    assert model.training  # its mode is restored
+    with torch.no_grad():
+        expected = model.eval().encode(images[:7])
+    assert torch.allclose(latents, expected, atol=1e-6) and torch.equal(read, labels[:7])
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_latent_probe_reads_an_attribute_only_where_the_latent_carries_it(planted):
+    model = tiny_model()
+    train = _planted_latents(model, 400, 0, planted)
+    held_out = _planted_latents(model, 200, 1, planted)
+    result = evaluation.latent_probe(model, train, held_out, steps=(300, 50))
+    assert result["steps"] == [50, 300] and len(result["accuracy"]) == 2
+    majority = result["majority"][0]
+    assert majority == pytest.approx(max(held_out[1].mean(), 1 - held_out[1].mean()))
+    final = result["accuracy"][-1][0]
+    if planted:
+        assert final > 0.95
+    else:
+        assert abs(final - majority) < 0.12
+    again = evaluation.latent_probe(model, train, held_out, steps=(50, 300))
+    assert again == result  # seeded: the same numbers every time
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        evaluation.latent_probe(model, train, held_out, steps=(0,))
 
 
 # ----------------------------------------------------------------------------- swap accuracy
