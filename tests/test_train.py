@@ -134,6 +134,87 @@ def test_reuse_latent_encodes_once_per_step_and_resumes_exactly(class_faces, cac
         assert torch.equal(tensor, b["model"][name]), name
 
 
+def test_lat_dis_steps_trains_the_discriminator_on_that_many_fresh_batches(class_faces, cache_dir,
+                                                                           tmp_path):
+    config = tiny_config(class_faces, tmp_path / "probe", cache_dir, lat_dis_steps=3)
+    train_set, _ = training.open_datasets(config)
+    probe = training.Trainer(config, train_set, torch.device("cpu"))
+    batches, read = [], probe.batch
+    probe.batch = lambda number: (batches.append(number), read(number))[1]
+    probe.train_step()
+    probe.train_step()
+    # step k: batches 4k..4k+2 encoded for three discriminator updates, 4k+3 for the autoencoder
+    assert batches == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert probe.dis_optimizer.state_dict()["state"][0]["step"].item() == 6
+    assert probe.ae_optimizer.state_dict()["state"][0]["step"].item() == 2
+
+    straight = training.train(tiny_config(class_faces, tmp_path / "a", cache_dir, steps=4,
+                                          lat_dis_steps=2))
+    training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=2, lat_dis_steps=2))
+    resumed = training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=4,
+                                         lat_dis_steps=2, resume="auto"))
+    a, b = (checkpoints.load_checkpoint(r["checkpoint"]) for r in (straight, resumed))
+    assert a["train_config"]["lat_dis_steps"] == b["train_config"]["lat_dis_steps"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_init_from_starts_a_new_run_from_a_model_files_weights(class_faces, cache_dir,
+                                                               tmp_path):
+    first = training.train(tiny_config(class_faces, tmp_path / "first", cache_dir, steps=2,
+                                       lambda_clf=0.05))
+    exported = tmp_path / "model.pt"  # float16, no latent discriminator: what export writes
+    assert cli_main(["export", first["checkpoint"], "-o", str(exported)]) == 0
+    assert checkpoints.holds_discriminator(first["checkpoint"])
+    assert not checkpoints.holds_discriminator(exported)
+
+    config = tiny_config(class_faces, tmp_path / "tune", cache_dir, steps=1, lambda_clf=0.05,
+                         init_from=exported)
+    train_set, _ = training.open_datasets(config)
+    tuner = training.Trainer(config, train_set, torch.device("cpu"))
+    fresh = {k: v.clone() for k, v in tuner.model.state_dict().items()}
+    start = checkpoints.load_model(exported)
+    assert tuner.start_from(start, False, "--init-from x") == ["encoder", "decoder", "reader"]
+    given = start.model.state_dict()
+    for name, tensor in tuner.model.state_dict().items():
+        kept = name.startswith("latent_discriminator.")  # the file has none: a fresh one
+        assert torch.equal(tensor, fresh[name] if kept else given[name]), name
+    for name, tensor in tuner.reader.state_dict().items():
+        assert torch.equal(tensor, start.reader.state_dict()[name]), name
+    with_dis = checkpoints.load_model(first["checkpoint"])
+    assert tuner.start_from(with_dis, True, "x")[:3] == ["encoder", "decoder",
+                                                         "latent discriminator"]
+    for name, tensor in tuner.model.state_dict().items():
+        assert torch.equal(tensor, with_dis.model.state_dict()[name]), name
+
+    # through train(): a new run from step 0 that records where it started, then resumes
+    # from its own checkpoints
+    result = training.train(config)
+    assert result["step"] == 1
+    saved = checkpoints.load_checkpoint(result["checkpoint"])
+    assert saved["train_config"]["init_from"] == str(exported)
+    assert saved["ae_optimizer"]["state"][0]["step"].item() == 1
+    resumed = training.train(tiny_config(class_faces, tmp_path / "tune", cache_dir, steps=2,
+                                         lambda_clf=0.05, resume="auto"))
+    assert resumed["step"] == 2
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"img_size": 64}, r"--init-from .*model\.pt: these flags build another model .*--img-size 64"),
+    ({"init_from": "nowhere.pt"},
+     r"--init-from nowhere\.pt: model file nowhere\.pt does not exist"),
+])
+def test_init_from_refuses_a_file_that_does_not_fit_before_reading_data(tmp_path, changes,
+                                                                        message):
+    path = tmp_path / "model.pt"
+    checkpoints.save_model(build("paper", 32, ["Smiling"], **TINY), path)
+    config = tiny_config(tmp_path / "no-data", tmp_path / "run", tmp_path / "cache",
+                         attrs=("Smiling",), **{"init_from": path, **changes})
+    with pytest.raises(ValueError, match=message):
+        training.train(config)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_checkpoint_holds_plain_data_and_rebuilds_the_model(class_faces, cache_dir, tmp_path):
     result = training.train(tiny_config(class_faces, tmp_path / "run", cache_dir, steps=2))
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
@@ -282,6 +363,8 @@ def _parser():
     (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
     (["--img-size", "48"], "--img-size must be a power of two >= 32, got 48"),
     (["--lambda-lat", "-1"], "--lambda-lat must be a number >= 0, got -1.0"),
+    (["--lat-dis-steps", "0"], "--lat-dis-steps must be a positive integer, got 0"),
+    (["--lat-dis-steps", "2", "--reuse-latent"], "--lat-dis-steps must be 1 with --reuse-latent"),
     (["--betas", "0.5", "1.5"], r"--betas must be two numbers in \[0, 1\)"),
     (["--init-fm", "0"], "bad model flags .*init_fm must be a positive int"),
     (["--attrs", "Smiling", "Smiling"], "bad model flags .*attrs must not repeat"),

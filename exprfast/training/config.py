@@ -44,6 +44,7 @@ class TrainConfig:
     lambda_ramp_steps: int = 500_000
     seed: int = 0
     reuse_latent: bool = False
+    lat_dis_steps: int = 1
     # edit losses (0 = off: the paper's recipe); ramped like lambda_lat
     lambda_clf: float = 0.0
     clf_train_steps: int | None = None
@@ -53,6 +54,7 @@ class TrainConfig:
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
+    init_from: str | None = None
     log_every: int = 50
     val_every: int = 500
     val_images: int = 256
@@ -72,7 +74,7 @@ class TrainConfig:
     keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("data_root", "cache_dir", "run_dir", "resume"):
+        for name in ("data_root", "cache_dir", "run_dir", "resume", "init_from"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.fspath(getattr(self, name)))
         if isinstance(self.attrs, str):
@@ -93,6 +95,10 @@ class TrainConfig:
         require(self.limit is None or is_int(self.limit, 1), "limit", "must be a positive integer")
         require(is_int(self.lambda_ramp_steps, 0), "lambda_ramp_steps", "must be an integer >= 0")
         require(is_int(self.seed, 0), "seed", "must be an integer >= 0")
+        require(is_int(self.lat_dis_steps, 1), "lat_dis_steps", "must be a positive integer")
+        require(self.lat_dis_steps == 1 or not self.reuse_latent, "lat_dis_steps",
+                "must be 1 with --reuse-latent (the discriminator learns from the autoencoder's "
+                "own latent, once a step)")
         check_img_size(self.img_size, flag("img_size"), minimum=32)
         require(is_number(self.lr) and self.lr > 0, "lr", "must be a positive number")
         require(is_number(self.clip_grad_norm) and self.clip_grad_norm > 0, "clip_grad_norm",
@@ -174,6 +180,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="train the latent discriminator on the autoencoder update's own "
                             "latent instead of encoding a fresh batch: one encoder forward less "
                             "per step (a change of Fader's recipe; benchmarks/reuse_latent.md)")
+    optim.add_argument("--lat-dis-steps", type=int, default=d.lat_dis_steps,
+                       help="latent-discriminator updates per step, each on a fresh batch "
+                            "(Fader's n_lat_dis; default %(default)s). More keep the attribute "
+                            "out of the latent (scripts/latent_probe.py), at one encoder "
+                            "forward each")
 
     edits = parser.add_argument_group(
         "edit losses (default off: the paper's recipe; both ramp like --lambda-lat)")
@@ -205,6 +216,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="checkpoint to resume from, or 'auto' for the latest in --run-dir "
                           "(a fresh start if there is none); the options not given are the "
                           "interrupted run's")
+    run.add_argument("--init-from", default=d.init_from, metavar="MODEL",
+                     help="start a new run (step 0, fresh optimizers) from the weights of a "
+                          "model file or training checkpoint with the same model flags: its "
+                          "encoder, decoder, and its latent discriminator and reader where it "
+                          "has them (a fine-tune, e.g. of exprfast/pretrained/smiling.pt); "
+                          "ignored when --resume finds a checkpoint")
     for name, what in (("log_every", "log training metrics"),
                        ("val_every", "measure validation metrics"),
                        ("sample_every", "write a sample grid"),
@@ -311,22 +328,30 @@ def _value(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+def model_mismatches(config: TrainConfig, stored: dict, whose: str,
+                     attrs: Sequence[str] | None = None) -> list[str]:
+    """The flags of ``config`` that build another model than the config ``stored``
+    (``FaderModel.config``), e.g. ``--img-size 64 (the run's is 32)`` with ``whose`` "the
+    run's"; ``attrs`` as in ``check_resumable``."""
+    attrs = attrs or config.attrs or stored.get("attrs") or ("attr",)
+    with torch.device("meta"):
+        built = build(config.preset, config.img_size, attrs, **config.model_overrides).config
+    return [f"{flag(k)} {_value(built[k])} ({whose} is {_value(v)})"
+            for k, v in stored.items() if k in built and _value(built[k]) != _value(v)]
+
+
 def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
                     attrs: Sequence[str] | None = None) -> None:
     """ValueError (starting with ``where``) unless ``config`` builds the training checkpoint's
     model and edit-loss parts; ``attrs``: the data's attribute names, once it is open (before,
     ``config.attrs`` or the run's)."""
     stored = checkpoint.get("model_config")
-    if isinstance(stored, dict):
-        attrs = attrs or config.attrs or stored.get("attrs") or ("attr",)
-        with torch.device("meta"):
-            built = build(config.preset, config.img_size, attrs, **config.model_overrides).config
-        mismatched = [f"{flag(k)} {_value(built[k])} (the run's is {_value(v)})"
-                      for k, v in stored.items() if k in built and _value(built[k]) != _value(v)]
-        if mismatched:
-            raise ValueError(f"{where}: these flags build another model than the "
-                             f"checkpoint's: {', '.join(mismatched)}; drop or fix them, or start "
-                             "a new run in another --run-dir")
+    mismatched = model_mismatches(config, stored, "the run's", attrs) \
+        if isinstance(stored, dict) else []
+    if mismatched:
+        raise ValueError(f"{where}: these flags build another model than the "
+                         f"checkpoint's: {', '.join(mismatched)}; drop or fix them, or start "
+                         "a new run in another --run-dir")
     reader_config = checkpoint.get("reader_config")
     if "reader" in checkpoint and isinstance(reader_config, dict):
         for key, option in (("luminance", "reader_luminance"), ("critic", "patch_on_reader")):

@@ -14,6 +14,11 @@ where the checkpoint left off. ``train(config, explicit)``: every option not in 
 (the ones given on the command line) is the interrupted run's, from the checkpoint's
 ``train_config``; the model options must match its model, checked before any data is read.
 
+**Fine-tuning** (``init_from``: a model file or training checkpoint) starts a new run at step
+0, with fresh optimizers and the data order of step 0, from that file's weights
+(``Trainer.start_from``); the model options must build its model, checked before any data is
+read. A resumed run ignores it: its checkpoint holds everything.
+
 **Signals** (SIGINT, SIGTERM). Before training starts (checkpoint, data, model), one raises
 ``Interrupted`` ("interrupted before training started"). In the loop, the first one lets the
 step in flight finish, saves, and makes ``train`` return with ``interrupted: True``; a second
@@ -47,11 +52,12 @@ from typing import NamedTuple
 
 import torch
 
-from ..checkpoints import checkpoint_path, list_checkpoints, load_checkpoint
+from ..checkpoints import (ModelFile, checkpoint_path, holds_discriminator, list_checkpoints,
+                           load_checkpoint, load_model)
 from ..data import FaceDataset, open_split
 from ..files import atomic_torch_save, atomic_write, check_writable, temp_files
 from .allocator import keep_freed_memory
-from .config import TrainConfig, check_resumable, resumed_config
+from .config import TrainConfig, check_resumable, model_mismatches, resumed_config
 from .distributed import any_rank, env_rank, gather, parameter_digest, process_group, resolve_device
 from .logs import RunLog, Window
 from .signals import Interrupted, Signals
@@ -98,6 +104,9 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None) -> dict:
                     print(f"resume: flags given override the run's: {', '.join(overridden)}",
                           file=sys.stderr)
                 print(f"resumed from {resume} at step {checkpoint['step']}", file=sys.stderr)
+        start = None
+        if checkpoint is None and config.init_from is not None:
+            start = _start_weights(config)  # checked before any image cache is built
         _prepare_run_dir(config, rank)
         device = resolve_device(config)
         train_set, val_set = open_datasets(config, warn=False)
@@ -107,7 +116,7 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None) -> dict:
         del checkpoint
         with process_group(device) as (rank, world_size):
             return _train_in_group(config, train_set, val_set, device, rank, world_size,
-                                   resume, loaded, signals)
+                                   resume, loaded, start, signals)
 
 
 def _resumed_config(config: TrainConfig, checkpoint: dict,
@@ -120,6 +129,22 @@ def _resumed_config(config: TrainConfig, checkpoint: dict,
         return resumed_config(config, stored, explicit)
     except ValueError as error:
         raise ValueError(f"--resume: the run's options with the flags given: {error}") from None
+
+
+def _start_weights(config: TrainConfig) -> tuple[ModelFile, bool]:
+    """``--init-from``'s model file, and whether it holds a trained latent discriminator;
+    ValueError unless these flags build its model."""
+    where = f"--init-from {config.init_from}"
+    try:
+        start = load_model(config.init_from)
+        discriminator = holds_discriminator(config.init_from)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+    mismatched = model_mismatches(config, dict(start.model.config), "the file's")
+    if mismatched:
+        raise ValueError(f"{where}: these flags build another model than the file's: "
+                         f"{', '.join(mismatched)}; drop or fix them")
+    return start, discriminator
 
 
 def _prepare_run_dir(config: TrainConfig, rank: int) -> None:
@@ -156,7 +181,7 @@ def _report_bad_images(run_dir: Path, *datasets: FaceDataset) -> None:
 
 
 def _train_in_group(config, train_set, val_set, device, rank, world_size, resume, loaded,
-                    signals) -> dict:
+                    start, signals) -> dict:
     """The body of ``train`` inside the process group. A function of its own so that the trainer
     (whose DDP reducer holds the group) is freed before the group is destroyed."""
     allocator = (keep_freed_memory() if config.keep_freed_memory
@@ -167,7 +192,11 @@ def _train_in_group(config, train_set, val_set, device, rank, world_size, resume
         _restore(trainer, checkpoint, rank, world_size, device)
         if Path(resume).resolve().parent == Path(config.run_dir).resolve():
             resumed = _Saved(trainer.step, Path(resume))  # the state saved at the start step
-    elif rank == 0 and list_checkpoints(config.run_dir):
+    elif start is not None:
+        parts = trainer.start_from(*start, where=f"--init-from {config.init_from}")
+        if rank == 0:
+            print(f"started from {config.init_from}: {', '.join(parts)}", file=sys.stderr)
+    if checkpoint is None and rank == 0 and list_checkpoints(config.run_dir):
         warnings.warn(f"--run-dir {config.run_dir} holds checkpoints of an earlier run; this "
                       "fresh run will replace them (--resume auto continues it)", stacklevel=2)
     del checkpoint

@@ -1,8 +1,9 @@
 """One training step of a Fader-style model, with the optional edit losses.
 
 The base recipe is Fader Networks' (``train.py`` defaults): Adam, lr 2e-4, betas (0.5, 0.999),
-gradient norm clipped at 5, batch 32. Every step is one latent-discriminator update, then one
-autoencoder update on the next batch (Fader draws a fresh batch for each update):
+gradient norm clipped at 5, batch 32. Every step is ``lat_dis_steps`` (default 1; Fader's
+``n_lat_dis``) latent-discriminator updates, then one autoencoder update, each on the next batch
+(Fader draws a fresh batch for each update):
 
 * discriminator: cross-entropy of ``discriminate(encode(x))`` against the true attributes
   (thresholded at 0.5; 2 logits per attribute, the per-attribute losses summed), with the encoder
@@ -10,6 +11,11 @@ autoencoder update on the next batch (Fader draws a fresh batch for each update)
 * autoencoder: ``MSE(x_hat, x) + lambda(t) * CE(discriminate(z), 1 - a)`` with the discriminator
   in eval mode and frozen: the encoder learns to make the discriminator read the *flipped*
   attributes, i.e. to leave them out of z. ``lambda(t) = lambda_lat * min(t, ramp) / ramp``.
+
+More discriminator updates keep it closer to the encoder it has to police: with one, the
+encoder keeps moving the attribute to where the discriminator is not looking, so the latent still
+carries it (``scripts/latent_probe.py``: a fresh discriminator reads it back) and the decoder
+takes it from there rather than from the labels, which makes edits faint.
 
 ``reuse_latent`` (off by default: a recipe change) skips the discriminator's own batch: after
 the autoencoder update, the discriminator learns from that update's detached, train-mode latent.
@@ -44,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION
+from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION, ModelFile
 from ..data import FaceDataset
 from ..models import (AttributeReader, PatchDiscriminator, build, classifier_loss,
                       critic_loss, least_squares_loss)
@@ -157,9 +163,11 @@ class Trainer:
         lam = lambda_at(self.step, config.lambda_lat, config.lambda_ramp_steps)
         ramp = lambda_at(self.step, 1.0, config.lambda_ramp_steps)
         metrics = {"lambda": lam}
+        first = self._batches_per_step * self.step  # the step's first batch number
         if not config.reuse_latent:
-            self._discriminator_update(*self._fresh_latent(2 * self.step), metrics)
-        images, attrs = self.batch(2 * self.step + 1)
+            for k in range(config.lat_dis_steps):
+                self._discriminator_update(*self._fresh_latent(first + k), metrics)
+        images, attrs = self.batch(first + config.lat_dis_steps)
         if self.reader is not None:
             # A frozen reader stops changing altogether (eval mode: BatchNorm statistics too);
             # a training one normalises every batch it sees, real or decoded, by its own.
@@ -177,6 +185,12 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return metrics
+
+    @property
+    def _batches_per_step(self) -> int:
+        """Batch numbers a step takes: one per discriminator update, one for the autoencoder
+        (``reuse_latent`` keeps the numbering of ``lat_dis_steps`` = 1)."""
+        return self.config.lat_dis_steps + 1
 
     def batch(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``number`` of the stream (this rank's share), on the device."""
@@ -328,7 +342,7 @@ class Trainer:
             "dis_optimizer": self.dis_optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
-            "data": self.stream.state(2 * self.step),
+            "data": self.stream.state(self._batches_per_step * self.step),
             "train_config": dataclasses.asdict(self.config),
         }
         for part, optimizer in _EXTRAS:
@@ -338,6 +352,24 @@ class Trainer:
         if self.reader is not None:
             state["reader_config"] = dict(self.reader.config)
         return state
+
+    def start_from(self, start: ModelFile, discriminator: bool, where: str) -> list[str]:
+        """Take the weights of a model file (``--init-from``; ``where`` names it in errors):
+        the encoder and decoder, the latent discriminator if ``discriminator`` (the file holds
+        it), the reader if both have one. Returns the parts taken."""
+        state = {k: v for k, v in start.model.state_dict().items()
+                 if discriminator or not k.startswith("latent_discriminator.")}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("latent_discriminator.") for k in missing):
+            raise ValueError(f"{where} does not fit the model these flags build")
+        parts = ["encoder", "decoder", *(["latent discriminator"] if discriminator else [])]
+        if self.reader is not None and start.reader is not None:
+            if dict(start.reader.config) != dict(self.reader.config):
+                raise ValueError(f"{where}: its reader ({dict(start.reader.config)}) is not the "
+                                 f"one these flags build ({dict(self.reader.config)})")
+            self.reader.load_state_dict(start.reader.state_dict())
+            parts.append("reader")
+        return parts
 
     def load_state_dict(self, checkpoint: dict) -> None:
         check_resumable(self.config, checkpoint, "--resume", attrs=self.model.attrs)
@@ -350,7 +382,7 @@ class Trainer:
                 getattr(self, optimizer).load_state_dict(checkpoint[optimizer])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.step = checkpoint["step"]
-        expected = self.stream.state(2 * self.step)
+        expected = self.stream.state(self._batches_per_step * self.step)
         if checkpoint["data"] != expected:
             warnings.warn(f"--resume: the data order differs from the checkpoint's run "
                           f"({checkpoint['data']} vs now {expected}); training goes on with the "
