@@ -116,12 +116,17 @@ def judge_reads(judge, image, face):
     return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
 
 
-def strengths(crops):
-    """Edit strengths along the real smile (``crops``: per kind, the people's aligned faces)."""
+def strengths(crops, editor):
+    """Edit strengths along the real smile (``crops``: per kind, the people's aligned faces),
+    and the ceiling: the model's reconstructions of the smiling faces minus those of the
+    neutral ones, projected the same way (the part of the real smile the decoder draws at all)."""
     x = {kind: to_tensor(np.stack(images)) for kind, images in crops.items()}
     real = x["smiling"].mean(0) - x["neutral"].mean(0)
+    drawn = {kind: to_tensor(editor.edit(np.stack(crops[kind]), {}, paste="replace"))
+             for kind in ("neutral", "smiling")}
     return {"neutral": edit_strength(x["neutral"], x["smiled"], real),
-            "smiling": edit_strength(x["smiling"], x["unsmiled"], -real)}
+            "smiling": edit_strength(x["smiling"], x["unsmiled"], -real),
+            "ceiling": edit_strength(drawn["neutral"], drawn["smiling"], real)}
 
 
 def report(rows, strength, path, paste, smile, couple):
@@ -140,6 +145,7 @@ def report(rows, strength, path, paste, smile, couple):
         "coupled": couple,
         "strength_neutral_set_to_smile": strength["neutral"],
         "strength_smiling_set_to_0": strength["smiling"],
+        "strength_reconstruction_ceiling": strength["ceiling"],
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.json").write_text(json.dumps({"summary": summary, "people": rows}, indent=2))
@@ -164,7 +170,9 @@ def report(rows, strength, path, paste, smile, couple):
         f"Strength (d = these people's mean smiling face minus their mean neutral face, aligned "
         f"crops at the model's resolution; 1 = as far as their real smiles): the neutral faces "
         f"set to Smiling={smile:g} moved {summary['strength_neutral_set_to_smile']:.2f} of d; "
-        f"the smiling faces set to 0 moved {summary['strength_smiling_set_to_0']:.2f} of -d.",
+        f"the smiling faces set to 0 moved {summary['strength_smiling_set_to_0']:.2f} of -d. "
+        f"Ceiling: the model's reconstructions of the smiling faces minus those of the neutral "
+        f"ones, projected the same way: {summary['strength_reconstruction_ceiling']:.2f}.",
         ""]))
     return summary
 
@@ -217,7 +225,7 @@ def main(argv=None):
         print(f"wrote {args.mouths}: rows {', '.join(args.people)} (Smiling={args.smile}, then "
               f"0); columns photo | {' | '.join(editing.PASTE_MODES)}")
     if judge is not None and args.report:
-        print(json.dumps(report(rows, strengths(crops), args.report, args.paste, args.smile,
+        print(json.dumps(report(rows, strengths(crops, editor), args.report, args.paste, args.smile,
                                 args.couple), indent=2))
     return 0
 

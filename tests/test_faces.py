@@ -211,7 +211,8 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
         row["edited_neutral_smiling"] for row in rows) / 2
     assert summary["pixels_changed_outside_faces"] == 0
     assert all(math.isfinite(summary[key]) for key in ("strength_neutral_set_to_smile",
-                                                        "strength_smiling_set_to_0"))
+                                                        "strength_smiling_set_to_0",
+                                                        "strength_reconstruction_ceiling"))
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
     if paste == "replace":  # --couple: the model's other attribute set with Smiling
         checkpoints.save_model(tiny_model(("Smiling", "Male")), tmp_path / "two.pt")
