@@ -380,7 +380,7 @@ def latent_probe(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
 
 def _train_probe(probe, z, y, z_out, y_out, steps, batch_size, generator) -> dict:
     """``latent_probe``'s training and scoring, with the RNG already seeded."""
-    optimizer = torch.optim.Adam(probe.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=2e-4, betas=_ADAM_BETAS)
     targets, targets_out = (y > 0.5).long(), (y_out > 0.5).long()
     accuracy = []
     for step in range(1, steps[-1] + 1):
@@ -390,7 +390,7 @@ def _train_probe(probe, z, y, z_out, y_out, steps, batch_size, generator) -> dic
         loss = classifier_loss(logits, targets[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(probe.parameters(), 5.0)
+        nn.utils.clip_grad_norm_(probe.parameters(), _MAX_GRAD_NORM)
         optimizer.step()
         if step in steps:
             with _eval_mode(probe), torch.no_grad():
