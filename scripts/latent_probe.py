@@ -9,7 +9,8 @@ Adam) learns from the latents of the first --train-faces faces of the train spli
 on the validation split after each of --steps; the model's own discriminator (training
 checkpoints and files exported --with-discriminator) on the same validation latents. A latent
 that has forgotten the attribute leaves both at the majority class's share. Writes
-benchmarks/latent_probe.md and .json.
+benchmarks/latent_probe.md and .json (made with OMP_NUM_THREADS=1: the probe is seeded, and its
+numbers repeat exactly with the same thread count only).
 """
 import argparse
 import sys
