@@ -318,3 +318,51 @@ def test_reader_accuracy_report(tmp_path):
     checkpoints.save_model(tiny_model(), tmp_path / "plain.pt")
     with pytest.raises(SystemExit, match="no attribute reader"):
         reader_accuracy.main(["--model", str(tmp_path / "plain.pt"), "--data-root", str(root)])
+
+
+# ----------------------------------------------------------------------------- latent directions
+
+
+@needs_london
+def test_latent_directions_report(tmp_path):
+    """scripts/latent_directions.py with a tiny model: the mean direction is the train split's
+    smiling-minus-other mean latent, each cell the strength of decode(z + k v, Smiling=1) of the
+    neutral London crops along their real smile, and the leave-one-out oracle averages to the
+    pairs' own mean; a model of other attributes is refused by name."""
+    latent_directions = script("latent_directions")
+    root = make_celebahq(tmp_path / "data", n=80, size=32)
+    checkpoints.save_model(tiny_model(), tmp_path / "model.pt")
+    london = tmp_path / "london"
+    for kind in ("neutral", "smiling"):
+        (london / kind).mkdir(parents=True)
+        for pid in ("001", "002", "003"):
+            (london / kind / f"{pid}.jpg").symlink_to(LONDON / kind / f"{pid}.jpg")
+    assert latent_directions.main(["--model", str(tmp_path / "model.pt"), "--data-root",
+                                   str(root), "--london", str(london), "--scales", "0", "2",
+                                   "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latent_directions.json").read_text())
+    found = report["directions"]
+    assert report["people"] == 3 and len(found) == 4
+    oracle = found["London pairs, leave one out (oracle)"]
+    assert oracle["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert len({round(d["strength"][0], 6) for d in found.values()}) == 1  # k = 0: no shift
+
+    model = editing.load(tmp_path / "model.pt").model
+    train = open_split(root, 32, "train", attrs=["Smiling"])
+    images, labels = train.batch(range(len(train)))
+    crops = latent_directions.london_crops(london, 32)
+    with torch.no_grad():
+        z = model.encode(images)
+        smiling = labels[:, 0] > 0.5
+        mean = z[smiling].mean(0) - z[~smiling].mean(0)
+        neutral = model.encode(crops["neutral"])
+        edited = model.decode(neutral + 2 * mean, torch.ones(3, 1)).clamp(-1, 1)
+    real = crops["smiling"].mean(0) - crops["neutral"].mean(0)
+    expected = ((edited - crops["neutral"]).mean(0) * real).sum() / real.pow(2).sum()
+    assert found["mean"]["norm"] == pytest.approx(float(mean.norm()), rel=1e-4)
+    assert found["mean"]["strength"][1] == pytest.approx(float(expected), rel=1e-3, abs=1e-5)
+
+    checkpoints.save_model(tiny_model(("Smiling", "Male")), tmp_path / "two.pt")
+    with pytest.raises(SystemExit, match="--model: needs a model of Smiling alone"):
+        latent_directions.main(["--model", str(tmp_path / "two.pt"), "--data-root", str(root),
+                                "--london", str(london)])
