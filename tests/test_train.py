@@ -134,6 +134,49 @@ def test_reuse_latent_encodes_once_per_step_and_resumes_exactly(class_faces, cac
         assert torch.equal(tensor, b["model"][name]), name
 
 
+def test_lat_dis_reset_every_starts_a_fresh_discriminator_and_resumes_exactly(class_faces,
+                                                                              cache_dir, tmp_path):
+    config = tiny_config(class_faces, tmp_path / "probe", cache_dir, lat_dis_reset_every=2)
+    train_set, _ = training.open_datasets(config)
+    probe = training.Trainer(config, train_set, torch.device("cpu"))
+    discriminator = probe.model.latent_discriminator
+    probe.train_step()
+    probe.train_step()
+    trained = {k: v.clone() for k, v in discriminator.state_dict().items()}
+    weights = [p for p in discriminator.parameters()]
+    probe._reset_discriminator()
+    # new weights in the same tensors (the optimizer's views stay valid), new Adam moments,
+    # the BatchNorm statistics back to their start
+    assert [p for p in discriminator.parameters()] == weights
+    assert not probe.dis_optimizer.state
+    fresh = discriminator.state_dict()
+    assert all(not torch.equal(fresh[k], trained[k]) for k in trained
+               if k.endswith("weight") and fresh[k].dim() > 1)
+    assert all(torch.equal(v, torch.zeros_like(v)) for k, v in fresh.items()
+               if k.endswith("running_mean"))
+    with torch.no_grad():
+        for p in discriminator.parameters():
+            p.add_(1)
+    probe._reset_discriminator()  # the same step: the same weights
+    assert all(torch.equal(discriminator.state_dict()[k], v) for k, v in fresh.items())
+
+    straight = training.train(tiny_config(class_faces, tmp_path / "a", cache_dir, steps=5,
+                                          lat_dis_reset_every=2))
+    plain = training.train(tiny_config(class_faces, tmp_path / "plain", cache_dir, steps=5))
+    training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=2,
+                               lat_dis_reset_every=2))
+    resumed = training.train(tiny_config(class_faces, tmp_path / "b", cache_dir, steps=5,
+                                         lat_dis_reset_every=2, resume="auto"))
+    a, b, c = (checkpoints.load_checkpoint(r["checkpoint"]) for r in (straight, resumed, plain))
+    assert a["train_config"]["lat_dis_reset_every"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert any(not torch.equal(t, c["model"][name]) for name, t in a["model"].items()
+               if name.startswith("latent_discriminator."))
+    with pytest.raises(ValueError, match="--lat-dis-reset-every"):
+        training.TrainConfig(lat_dis_reset_every=0)
+
+
 def test_lat_dis_steps_trains_the_discriminator_on_that_many_fresh_batches(class_faces, cache_dir,
                                                                            tmp_path):
     config = tiny_config(class_faces, tmp_path / "probe", cache_dir, lat_dis_steps=3)

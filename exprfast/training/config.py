@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     reuse_latent: bool = False
     lat_dis_steps: int = 1
+    lat_dis_reset_every: int | None = None
     # edit losses (0 = off: the paper's recipe); ramped like lambda_lat
     lambda_clf: float = 0.0
     clf_train_steps: int | None = None
@@ -99,6 +100,8 @@ class TrainConfig:
         require(self.lat_dis_steps == 1 or not self.reuse_latent, "lat_dis_steps",
                 "must be 1 with --reuse-latent (the discriminator learns from the autoencoder's "
                 "own latent, once a step)")
+        require(self.lat_dis_reset_every is None or is_int(self.lat_dis_reset_every, 1),
+                "lat_dis_reset_every", "must be a positive integer")
         check_img_size(self.img_size, flag("img_size"), minimum=32)
         require(is_number(self.lr) and self.lr > 0, "lr", "must be a positive number")
         require(is_number(self.clip_grad_norm) and self.clip_grad_norm > 0, "clip_grad_norm",
@@ -185,6 +188,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(Fader's n_lat_dis; default %(default)s). More keep the attribute "
                             "out of the latent (scripts/latent_probe.py), at one encoder "
                             "forward each")
+    optim.add_argument("--lat-dis-reset-every", type=int, default=d.lat_dis_reset_every,
+                       metavar="K",
+                       help="a fresh latent discriminator (new weights, new Adam) every K steps, "
+                            "so the encoder must hide the attributes from one it has not learned "
+                            "to fool (default: never)")
 
     edits = parser.add_argument_group(
         "edit losses (default off: the paper's recipe; both ramp like --lambda-lat)")

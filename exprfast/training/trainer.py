@@ -15,7 +15,9 @@ gradient norm clipped at 5, batch 32. Every step is ``lat_dis_steps`` (default 1
 More discriminator updates keep it closer to the encoder it has to police: with one, the
 encoder keeps moving the attribute to where the discriminator is not looking, so the latent still
 carries it (``scripts/latent_probe.py``: a fresh discriminator reads it back) and the decoder
-takes it from there rather than from the labels, which makes edits faint.
+takes it from there rather than from the labels, which makes edits faint. ``lat_dis_reset_every``
+starts the discriminator afresh every K steps (measured: that does not take it out either;
+README, "What the latent still carries").
 
 ``reuse_latent`` (off by default: a recipe change) skips the discriminator's own batch: after
 the autoencoder update, the discriminator learns from that update's detached, train-mode latent.
@@ -164,6 +166,9 @@ class Trainer:
         ramp = lambda_at(self.step, 1.0, config.lambda_ramp_steps)
         metrics = {"lambda": lam}
         first = self._batches_per_step * self.step  # the step's first batch number
+        every = config.lat_dis_reset_every
+        if every is not None and self.step > 0 and self.step % every == 0:
+            self._reset_discriminator()
         if not config.reuse_latent:
             for k in range(config.lat_dis_steps):
                 self._discriminator_update(*self._fresh_latent(first + k), metrics)
@@ -210,6 +215,16 @@ class Trainer:
         self.model.encoder.eval()
         with self._autocast(), torch.no_grad():
             return self.model.encode(images), attrs
+
+    def _reset_discriminator(self) -> None:
+        """New weights (seeded by the step, so resume repeats them) and new Adam moments."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.config.seed + 1 + self.step)
+            for module in self.model.latent_discriminator.modules():
+                if module is not self.model.latent_discriminator and \
+                        hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        self.dis_optimizer.state.clear()
 
     def _discriminator_update(self, z, attrs, metrics: dict) -> None:
         self.discriminator.train()
