@@ -185,14 +185,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "per step (a change of Fader's recipe; benchmarks/reuse_latent.md)")
     optim.add_argument("--lat-dis-steps", type=int, default=d.lat_dis_steps,
                        help="latent-discriminator updates per step, each on a fresh batch "
-                            "(Fader's n_lat_dis; default %(default)s). More keep the attribute "
-                            "out of the latent (scripts/latent_probe.py), at one encoder "
-                            "forward each")
+                            "(Fader's n_lat_dis; default %(default)s), at one encoder forward "
+                            "each. More take a little more of the attribute out of the latent "
+                            "(scripts/latent_probe.py; README, 'What the latent still carries')")
     optim.add_argument("--lat-dis-reset-every", type=int, default=d.lat_dis_reset_every,
                        metavar="K",
                        help="a fresh latent discriminator (new weights, new Adam) every K steps, "
                             "so the encoder must hide the attributes from one it has not learned "
-                            "to fool (default: never)")
+                            "to fool (default: never; measured in the README, 'What the latent "
+                            "still carries')")
 
     edits = parser.add_argument_group(
         "edit losses (default off: the paper's recipe; both ramp like --lambda-lat)")
