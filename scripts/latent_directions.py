@@ -58,8 +58,12 @@ def london_crops(london: Path, size: int) -> dict[str, torch.Tensor]:
     crops = {"neutral": [], "smiling": []}
     for kind, images in crops.items():
         for pid in ids:
-            photo = np.asarray(Image.open(london / kind / f"{pid}.jpg").convert("RGB"))
-            images.append(faces.crop_face(photo, faces.detect_faces(photo)[0], size))
+            path = london / kind / f"{pid}.jpg"
+            photo = np.asarray(Image.open(path).convert("RGB"))
+            found = faces.detect_faces(photo)
+            if not found:
+                raise SystemExit(f"--london: no face found in {path}")
+            images.append(faces.crop_face(photo, found[0], size))
     return {kind: to_tensor(np.stack(images)) for kind, images in crops.items()}
 
 
@@ -108,14 +112,15 @@ def main(argv=None):
     rows, payload = [], {"people": n, "train_faces": args.train_faces, "scales": args.scales,
                          "directions": {}}
     for name, v in per_person.items():
-        cosine = float(F.cosine_similarity(v.mean(0).flatten(), paired.mean(0).flatten(), 0))
+        mean = v.mean(0)  # the direction itself; the oracle's differs per person
+        norm = float(mean.norm())
+        cosine = float(F.cosine_similarity(mean.flatten(), paired.mean(0).flatten(), 0))
         with torch.inference_mode():
             strengths = [edit_strength(x["neutral"],
                                        model.decode(z["neutral"] + k * v, smile).clamp(-1, 1),
                                        real) for k in args.scales]
-        payload["directions"][name] = {"norm": float(v.mean(0).norm()), "cosine": cosine,
-                                       "strength": strengths}
-        rows.append({"direction": name, "norm": f"{float(v.mean(0).norm()):.2f}",
+        payload["directions"][name] = {"norm": norm, "cosine": cosine, "strength": strengths}
+        rows.append({"direction": name, "norm": f"{norm:.2f}",
                      "cosine with the London pairs' mean": f"{cosine:.2f}",
                      **{f"k = {k:g}": f"{s:.2f}" for k, s in zip(args.scales, strengths)}})
     columns = ["direction", "norm", "cosine with the London pairs' mean",

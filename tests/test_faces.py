@@ -362,6 +362,13 @@ def test_latent_directions_report(tmp_path):
     assert found["mean"]["norm"] == pytest.approx(float(mean.norm()), rel=1e-4)
     assert found["mean"]["strength"][1] == pytest.approx(float(expected), rel=1e-3, abs=1e-5)
 
+    blank = tmp_path / "blank"
+    for kind in ("neutral", "smiling"):
+        (blank / kind).mkdir(parents=True)
+        Image.new("RGB", (64, 64), "grey").save(blank / kind / "001.jpg")
+    with pytest.raises(SystemExit, match="--london: no face found in .*001.jpg"):
+        latent_directions.london_crops(blank, 32)
+
     checkpoints.save_model(tiny_model(("Smiling", "Male")), tmp_path / "two.pt")
     with pytest.raises(SystemExit, match="--model: needs a model of Smiling alone"):
         latent_directions.main(["--model", str(tmp_path / "two.pt"), "--data-root", str(root),

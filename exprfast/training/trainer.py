@@ -221,8 +221,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.config.seed + 1 + self.step)
             for module in self.model.latent_discriminator.modules():
-                if module is not self.model.latent_discriminator and \
-                        hasattr(module, "reset_parameters"):
+                if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
         self.dis_optimizer.state.clear()
 
