@@ -15,7 +15,10 @@
   majority class's share: nothing left). The model's own discriminator is no measure: the
   encoder is trained to fool that one.
 * ``edit_strength``: how far edits move faces along a direction such as the mean smiling face
-  minus the mean neutral one (``scripts/slider_strength.py``, ``scripts/london_pairs.py``).
+  minus the mean neutral one (``scripts/slider_strength.py``, ``scripts/london_pairs.py``);
+  ``regional_strengths`` the same within each of ``FACE_REGIONS`` (the mouth, the eyes, the
+  rest), since a whole-face direction also holds what differs between the two sets of photos
+  besides the smile (lighting, pose, the looks that go with smiling in CelebA).
 
 Data comes from ``data.open_split``: the same data-root rule as training (CelebA-HQ or class
 folders).
@@ -74,6 +77,46 @@ def edit_strength(before: torch.Tensor, after: torch.Tensor, direction: torch.Te
     _check_same_shape(before, after)
     change = (after.double() - before.double()).mean(0)
     return float((change * direction).sum() / direction.double().pow(2).sum())
+
+
+# Regions of an aligned face, (top, bottom, left, right) as fractions of its side, read off the
+# mean smiling minus the mean non-smiling 64 px CelebA-HQ train face: the mouth box holds the
+# mouth, the creases beside it and the chin (15 % of the face, 40 % of that difference's
+# energy), the eye box the eyes and the skin around them. "rest" is everything else.
+FACE_REGIONS = {"mouth": (0.56, 0.86, 0.25, 0.75), "eyes": (0.33, 0.50, 0.18, 0.82)}
+
+
+def region_masks(size: int) -> dict[str, torch.Tensor]:
+    """``{name: (1, size, size) 0/1 mask}`` of each of ``FACE_REGIONS`` and of "rest"."""
+    masks = {}
+    for name, (top, bottom, left, right) in FACE_REGIONS.items():
+        mask = torch.zeros(1, size, size)
+        mask[:, round(top * size):round(bottom * size), round(left * size):round(right * size)] = 1
+        masks[name] = mask
+    masks["rest"] = 1 - torch.stack(list(masks.values())).amax(0)
+    return masks
+
+
+def regional_strengths(before: torch.Tensor, after: torch.Tensor,
+                       direction: torch.Tensor) -> dict[str, float]:
+    """``edit_strength`` along ``direction`` restricted to each region of ``region_masks``
+    (``{region: strength}``, 1 = as far as the direction within that region)."""
+    return {name: edit_strength(before, after, direction * mask)
+            for name, mask in region_masks(direction.shape[-1]).items()}
+
+
+def regional_shares(direction: torch.Tensor, other: torch.Tensor | None = None) -> dict:
+    """Per region: the share of ``direction``'s energy (sum of squares) that lies in it, and,
+    given ``other`` (a second direction, e.g. another data set's), their cosine there."""
+    energy = direction.double().pow(2).sum()
+    shares = {}
+    for name, mask in region_masks(direction.shape[-1]).items():
+        inside = (direction.double() * mask).flatten()
+        shares[name] = {"energy_share": float(inside.pow(2).sum() / energy)}
+        if other is not None:
+            theirs = (other.double() * mask).flatten()
+            shares[name]["cosine"] = float(inside @ theirs / (inside.norm() * theirs.norm()))
+    return shares
 
 
 def coupled_changes(attr: str, value: float, couple=()) -> dict[str, float]:

@@ -14,7 +14,11 @@ same people, edited, next to the real thing, and judged by the independent class
   outside the pasted face regions (must be 0); and how strong the edits are: with d = the same
   people's mean smiling face minus their mean neutral face (aligned crops at the model's
   resolution), the mean change of the edited neutral faces projected on d, in units of d (1 =
-  as far as these people's real smiles), and that of the edited smiling faces on -d.
+  as far as these people's real smiles), and that of the edited smiling faces on -d; the same
+  within each face region (``evaluation.FACE_REGIONS``: mouth, eyes, rest), with the share of
+  d that lies in each and its cosine there with CelebA's d (the validation split's mean smiling
+  minus mean non-smiling face), which tells the smile from what differs between the two photo
+  sessions.
 
 --couple NAME sets the model's attribute NAME to the Smiling value in every edit (e.g.
 Mouth_Slightly_Open with a model trained on both). The London Set (CC BY 4.0) is in
@@ -31,9 +35,10 @@ from PIL import Image
 
 from exprfast import editing
 from exprfast.checkpoints import load_classifier
-from exprfast.data import default_data_root, to_tensor
+from exprfast.data import DataRootError, default_data_root, open_split, to_tensor
 from exprfast.editing import faces
-from exprfast.evaluation import coupled_changes, edit_strength
+from exprfast.evaluation import (coupled_changes, edit_strength, regional_shares,
+                                 regional_strengths)
 
 PASTE_NOTES = {
     "hybrid": "the model's decoding where it changes the face a lot, the change's brightness "
@@ -57,6 +62,9 @@ def parse_args(argv):
                    help="exprfast edit --paste; replace shows what the decoder itself draws")
     p.add_argument("--cell", type=int, default=200, help="side of each face cell (px)")
     p.add_argument("--london", default=None, help="default ../shared/data/london_faces")
+    p.add_argument("--data-root", default=None,
+                   help="CelebA-HQ, for its d in the report's regions (default "
+                        "../shared/data/celebahq; left out when absent)")
     p.add_argument("--figure", default=None, help="PNG to write")
     p.add_argument("--mouths", default=None,
                    help="image to write: the --people's mouths, photo | each --paste mode, "
@@ -116,17 +124,34 @@ def judge_reads(judge, image, face):
     return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
 
 
-def strengths(crops, editor):
+def celeba_direction(data_root, size):
+    """CelebA-HQ's validation mean smiling minus mean non-smiling face at ``size`` px, or None
+    when the data is not there."""
+    try:
+        data = open_split(data_root, size, "val", attrs=["Smiling"])
+    except DataRootError:
+        return None
+    images, labels = data.batch(range(len(data)))
+    smiling = labels[:, 0] > 0.5
+    return images[smiling].mean(0) - images[~smiling].mean(0)
+
+
+def strengths(crops, editor, data_root=None):
     """Edit strengths along the real smile (``crops``: per kind, the people's aligned faces),
-    and the ceiling: the model's reconstructions of the smiling faces minus those of the
-    neutral ones, projected the same way (the part of the real smile the decoder draws at all)."""
+    whole and per face region, and the ceiling: the model's reconstructions of the smiling faces
+    minus those of the neutral ones, projected the same way (the part of the real smile the
+    decoder draws at all)."""
     x = {kind: to_tensor(np.stack(images)) for kind, images in crops.items()}
     real = x["smiling"].mean(0) - x["neutral"].mean(0)
     drawn = {kind: to_tensor(editor.edit(np.stack(crops[kind]), {}, paste="replace"))
              for kind in ("neutral", "smiling")}
     return {"neutral": edit_strength(x["neutral"], x["smiled"], real),
             "smiling": edit_strength(x["smiling"], x["unsmiled"], -real),
-            "ceiling": edit_strength(drawn["neutral"], drawn["smiling"], real)}
+            "ceiling": edit_strength(drawn["neutral"], drawn["smiling"], real),
+            "regions": {"neutral": regional_strengths(x["neutral"], x["smiled"], real),
+                        "smiling": regional_strengths(x["smiling"], x["unsmiled"], -real),
+                        "ceiling": regional_strengths(drawn["neutral"], drawn["smiling"], real),
+                        "d": regional_shares(real, celeba_direction(data_root, editor.img_size))}}
 
 
 def report(rows, strength, path, paste, smile, couple):
@@ -146,6 +171,7 @@ def report(rows, strength, path, paste, smile, couple):
         "strength_neutral_set_to_smile": strength["neutral"],
         "strength_smiling_set_to_0": strength["smiling"],
         "strength_reconstruction_ceiling": strength["ceiling"],
+        "strength_by_region": strength["regions"],
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.json").write_text(json.dumps({"summary": summary, "people": rows}, indent=2))
@@ -172,9 +198,25 @@ def report(rows, strength, path, paste, smile, couple):
         f"set to Smiling={smile:g} moved {summary['strength_neutral_set_to_smile']:.2f} of d; "
         f"the smiling faces set to 0 moved {summary['strength_smiling_set_to_0']:.2f} of -d. "
         f"Ceiling: the model's reconstructions of the smiling faces minus those of the neutral "
-        f"ones, projected the same way: {summary['strength_reconstruction_ceiling']:.2f}.",
-        ""]))
+        f"ones, projected the same way: {summary['strength_reconstruction_ceiling']:.2f}.", "",
+        region_table(strength["regions"], smile), ""]))
     return summary
+
+
+def region_table(regions, smile):
+    """Markdown: the strengths and d's shares per face region."""
+    d = regions["d"]
+    cosine = lambda name: (f"{d[name]['cosine']:.2f}" if "cosine" in d[name]  # noqa: E731
+                           else "(no CelebA data)")
+    lines = ["Within each face region (`evaluation.FACE_REGIONS`; d restricted to the region):",
+             "", "| region | share of d's energy | cosine with CelebA's d there | neutral set "
+             f"to Smiling={smile:g}, along d | smiling set to 0, along −d | ceiling |",
+             "|---|---|---|---|---|---|"]
+    for name in d:
+        lines.append(f"| {name} | {d[name]['energy_share']:.2f} | {cosine(name)} | "
+                     f"{regions['neutral'][name]:.2f} | {regions['smiling'][name]:.2f} | "
+                     f"{regions['ceiling'][name]:.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -225,8 +267,9 @@ def main(argv=None):
         print(f"wrote {args.mouths}: rows {', '.join(args.people)} (Smiling={args.smile}, then "
               f"0); columns photo | {' | '.join(editing.PASTE_MODES)}")
     if judge is not None and args.report:
-        print(json.dumps(report(rows, strengths(crops, editor), args.report, args.paste, args.smile,
-                                args.couple), indent=2))
+        strength = strengths(crops, editor, args.data_root)
+        print(json.dumps(report(rows, strength, args.report, args.paste, args.smile, args.couple),
+                         indent=2))
     return 0
 
 

@@ -7,7 +7,8 @@ difference between smiling and non-smiling faces, with neither the judge nor the
 CelebA-HQ faces, aligned). For the non-smiling faces set to each value ``s``, the mean change
 ``edit(x, s) - x`` projected on ``d`` (in units of ``d``: 1 = as far, on average, as the real
 smiling faces are from the real non-smiling ones); for the smiling faces, the same along ``-d``.
-As a ceiling, the same projection for the model's own reconstructions (``decode(z, its reading)``
+The same within each face region (mouth, eyes, rest; the first --pastes mode). As a ceiling,
+the same projection for the model's own reconstructions (``decode(z, its reading)``
 of each face): the part of ``d`` that the decoder can draw at all. Writes
 benchmarks/slider_strength.md and .json.
 """
@@ -17,7 +18,8 @@ import sys
 from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
 from exprfast.data import open_split
-from exprfast.evaluation import coupled_changes, edit_strength
+from exprfast.evaluation import (coupled_changes, edit_strength, regional_shares,
+                                 regional_strengths)
 
 
 def parse_args(argv):
@@ -52,19 +54,37 @@ def main(argv=None):
 
     rows, payload = [], {"faces": len(faces), "smiling": len(smiling), "coupled": args.couple,
                          "reconstruction_ceiling": ceiling, "pastes": {}}
+    region_rows = []
     for paste in args.pastes:
         values = [coupled_changes(args.attr, s, args.couple) for s in args.values]
-        up = [edit_strength(neutral, editor.edit(neutral, v, paste=paste), direction)
-              for v in values]
-        down = [edit_strength(smiling, editor.edit(smiling, v, paste=paste), -direction)
-                for v in values]
+        raised = [editor.edit(neutral, v, paste=paste) for v in values]
+        lowered = [editor.edit(smiling, v, paste=paste) for v in values]
+        up = [edit_strength(neutral, edited, direction) for edited in raised]
+        down = [edit_strength(smiling, edited, -direction) for edited in lowered]
         payload["pastes"][paste] = {"values": args.values, "non_smiling_set_to": up,
                                     "smiling_set_to": down}
+        if paste == args.pastes[0]:  # the same, region by region
+            regional = {"non_smiling_set_to": [regional_strengths(neutral, e, direction)
+                                               for e in raised],
+                        "smiling_set_to": [regional_strengths(smiling, e, -direction)
+                                           for e in lowered]}
+            payload["regions"] = {"paste": paste, "d": regional_shares(direction), **regional}
+            for region in payload["regions"]["d"]:
+                for key, text in (("non_smiling_set_to", "non-smiling faces set to s, along d"),
+                                  ("smiling_set_to", "smiling faces set to s, along −d")):
+                    region_rows.append({"edit": f"{region}, {paste}: {text}", **{
+                        f"s = {s:g}": f"{r[region]:.2f}"
+                        for s, r in zip(args.values, regional[key])}})
         for name, projections in ((f"{paste}: non-smiling faces set to s, along d", up),
                                   (f"{paste}: smiling faces set to s, along −d", down)):
             rows.append({"edit": name, **{f"s = {s:g}": f"{v:.2f}"
                                           for s, v in zip(args.values, projections)}})
-    table = markdown_table(["edit", *(f"s = {s:g}" for s in args.values)], rows)
+    columns = ["edit", *(f"s = {s:g}" for s in args.values)]
+    table = markdown_table(columns, rows)
+    shares = ", ".join(f"{name} {share['energy_share']:.2f}"
+                       for name, share in payload["regions"]["d"].items())
+    by_region = (f"d restricted to each face region (`evaluation.FACE_REGIONS`); share of d's "
+                 f"energy in each: {shares}.\n\n" + markdown_table(columns, region_rows))
     setup = (f"Model: {args.model or 'bundled'} ({editor.img_size} px). Validation split: "
              f"{len(faces)} aligned faces, {len(smiling)} smiling. d = mean smiling face − mean "
              f"non-smiling face; each cell is the mean change of the edited faces projected on "
@@ -74,7 +94,8 @@ def main(argv=None):
              + (f" Set to s with {args.attr} in every edit: {', '.join(args.couple)}."
                 if args.couple else ""))
     path = write_report(args.out, "slider_strength", f"Slider strength ({args.attr})",
-                        [("Setup", setup), ("Results", table)], payload)
+                        [("Setup", setup), ("Results", table), ("By face region", by_region)],
+                        payload)
     print(path.read_text())
     return 0
 

@@ -170,6 +170,28 @@ def test_edit_strength_is_the_mean_change_along_the_direction_in_its_units():
         evaluation.edit_strength(before, after[:3], direction)
 
 
+def test_regional_strengths_split_an_edit_by_face_region():
+    size = 32
+    masks = evaluation.region_masks(size)
+    assert set(masks) == {"mouth", "eyes", "rest"}
+    assert torch.equal(sum(masks.values()), torch.ones(1, size, size))  # a partition
+    assert masks["mouth"][0, 24, 16] == 1 and masks["eyes"][0, 13, 10] == 1  # mouth, left eye
+    torch.manual_seed(0)
+    before = torch.rand(4, 3, size, size)
+    direction = torch.randn(3, size, size)
+    # the whole change in the mouth, as far as the direction there; nothing elsewhere
+    after = before + direction * masks["mouth"]
+    strengths = evaluation.regional_strengths(before, after, direction)
+    assert strengths["mouth"] == pytest.approx(1, rel=1e-6)
+    assert strengths["eyes"] == pytest.approx(0, abs=1e-9)
+    assert strengths["rest"] == pytest.approx(0, abs=1e-9)
+    whole = evaluation.edit_strength(before, after, direction)
+    shares = evaluation.regional_shares(direction, other=direction * masks["mouth"])
+    assert whole == pytest.approx(shares["mouth"]["energy_share"], rel=1e-6)
+    assert sum(v["energy_share"] for v in shares.values()) == pytest.approx(1, rel=1e-9)
+    assert shares["mouth"]["cosine"] == pytest.approx(1, rel=1e-9)
+
+
 def test_swap_accuracy_is_perfect_when_the_decoder_shows_the_labels():
     labels = balanced_labels()
     model = PaintingModel(["Smiling", "Male"])

@@ -13,7 +13,7 @@ pytest.importorskip("cv2", reason="exprfast.editing.faces needs opencv-python-he
 
 from conftest import (REAL_CELEBAHQ, REAL_LONDON, REPO, make_celebahq, needs_london,  # noqa: E402
                       tiny_model)
-from exprfast import checkpoints, editing, models  # noqa: E402
+from exprfast import checkpoints, editing, evaluation, models  # noqa: E402
 from exprfast.data import open_split  # noqa: E402
 from exprfast.editing import faces  # noqa: E402
 
@@ -198,7 +198,8 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     args = ["--model", str(tmp_path / "model.pt"), "--judge", str(tmp_path / "judge.pt"),
             "--london", str(london), "--people", "001", "--cell", "40",
             "--figure", str(tmp_path / "pairs.png"), "--report", str(tmp_path / "report"),
-            "--mouths", str(tmp_path / "mouths.png")]
+            "--mouths", str(tmp_path / "mouths.png"),
+            "--data-root", str(make_celebahq(tmp_path / "data", n=80, size=32))]
     assert london_pairs.main(args + ["--paste", paste]) == 0
     with Image.open(tmp_path / "pairs.png") as figure:
         assert figure.size == (6 * 40 + 8, 40)
@@ -213,7 +214,12 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert all(math.isfinite(summary[key]) for key in ("strength_neutral_set_to_smile",
                                                         "strength_smiling_set_to_0",
                                                         "strength_reconstruction_ceiling"))
+    regions = summary["strength_by_region"]
+    assert set(regions["neutral"]) == set(regions["d"]) == {"mouth", "eyes", "rest"}
+    assert sum(r["energy_share"] for r in regions["d"].values()) == pytest.approx(1)
+    assert all(-1 <= r["cosine"] <= 1 for r in regions["d"].values())  # CelebA's d was there
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
+    assert "| mouth |" in (tmp_path / "report.md").read_text()
     if paste == "replace":  # --couple: the model's other attribute set with Smiling
         checkpoints.save_model(tiny_model(("Smiling", "Male")), tmp_path / "two.pt")
         assert london_pairs.main(args[2:] + ["--model", str(tmp_path / "two.pt"), "--paste", paste,
@@ -253,6 +259,12 @@ def test_slider_strength_report(tmp_path, attrs, couple):
     measured = report["pastes"]["replace"]["non_smiling_set_to"]
     assert measured[1] == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
     assert "| replace: smiling faces set to s, along −d |" in (
+        tmp_path / "slider_strength.md").read_text()
+    mouth = report["regions"]["non_smiling_set_to"][1]["mouth"]  # s = 1, d within the mouth box
+    masked = direction * evaluation.region_masks(32)["mouth"]
+    expected = ((decoded - neutral).mean(0) * masked).sum() / masked.pow(2).sum()
+    assert mouth == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+    assert "| mouth, replace: non-smiling faces set to s, along d |" in (
         tmp_path / "slider_strength.md").read_text()
 
 
