@@ -35,7 +35,7 @@ from PIL import Image
 
 from exprfast import editing
 from exprfast.checkpoints import load_classifier
-from exprfast.data import DataRootError, default_data_root, open_split, to_tensor
+from exprfast.data import default_data_root, open_split, to_tensor
 from exprfast.editing import faces
 from exprfast.evaluation import (coupled_changes, edit_strength, regional_shares,
                                  regional_strengths)
@@ -126,11 +126,10 @@ def judge_reads(judge, image, face):
 
 def celeba_direction(data_root, size):
     """CelebA-HQ's validation mean smiling minus mean non-smiling face at ``size`` px, or None
-    when the data is not there."""
-    try:
-        data = open_split(data_root, size, "val", attrs=["Smiling"])
-    except DataRootError:
+    when no ``data_root`` is given and the default one is absent."""
+    if data_root is None and default_data_root() is None:
         return None
+    data = open_split(data_root, size, "val", attrs=["Smiling"])
     images, labels = data.batch(range(len(data)))
     smiling = labels[:, 0] > 0.5
     return images[smiling].mean(0) - images[~smiling].mean(0)
@@ -221,6 +220,8 @@ def region_table(regions, smile):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.london is None and default_data_root() is None:
+        raise SystemExit("london_pairs.py: no --london given and ../shared/data is absent")
     london = Path(args.london) if args.london else default_data_root().parent / "london_faces"
     editor = editing.load(args.model)
     judge = load_classifier(args.judge) if args.judge else None

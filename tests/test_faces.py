@@ -220,6 +220,10 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert all(-1 <= r["cosine"] <= 1 for r in regions["d"].values())  # CelebA's d was there
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
     assert "| mouth |" in (tmp_path / "report.md").read_text()
+    if paste == "hybrid":  # a --data-root given but wrong is an error, not a report without it
+        wrong = [a if a != args[-1] else str(tmp_path / "nowhere") for a in args]
+        with pytest.raises(ValueError, match="nowhere"):
+            london_pairs.main(wrong + ["--paste", paste])
     if paste == "replace":  # --couple: the model's other attribute set with Smiling
         checkpoints.save_model(tiny_model(("Smiling", "Male")), tmp_path / "two.pt")
         assert london_pairs.main(args[2:] + ["--model", str(tmp_path / "two.pt"), "--paste", paste,
