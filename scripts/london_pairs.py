@@ -64,7 +64,7 @@ def parse_args(argv):
     p.add_argument("--london", default=None, help="default ../shared/data/london_faces")
     p.add_argument("--data-root", default=None,
                    help="CelebA-HQ, for its d in the report's regions (default "
-                        "../shared/data/celebahq; left out when absent)")
+                        "../shared/data/celebahq, left out when that is absent)")
     p.add_argument("--figure", default=None, help="PNG to write")
     p.add_argument("--mouths", default=None,
                    help="image to write: the --people's mouths, photo | each --paste mode, "
