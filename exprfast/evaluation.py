@@ -74,8 +74,16 @@ def edit_strength(before: torch.Tensor, after: torch.Tensor, direction: torch.Te
     """How far edits moved ``(N, C, H, W)`` faces along ``direction`` (e.g. the mean smiling face
     minus the mean neutral one), on average, in units of it: the mean of ``after - before``
     projected on ``direction``. 1 = as far as ``direction`` itself."""
+    return _projection(_mean_change(before, after), direction)
+
+
+def _mean_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     _check_same_shape(before, after)
-    change = (after.double() - before.double()).mean(0)
+    return (after.double() - before.double()).mean(0)
+
+
+def _projection(change: torch.Tensor, direction: torch.Tensor) -> float:
+    """``change`` projected on ``direction``, in units of it."""
     return float((change * direction).sum() / direction.double().pow(2).sum())
 
 
@@ -102,7 +110,8 @@ def regional_strengths(before: torch.Tensor, after: torch.Tensor,
                        direction: torch.Tensor) -> dict[str, float]:
     """``edit_strength`` along ``direction`` restricted to each region of ``region_masks``
     (``{region: strength}``, 1 = as far as the direction within that region)."""
-    return {name: edit_strength(before, after, direction * mask)
+    change = _mean_change(before, after)  # once: the faces' mean change, for every region
+    return {name: _projection(change, direction * mask)
             for name, mask in region_masks(direction.shape[-1]).items()}
 
 
