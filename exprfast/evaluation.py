@@ -19,6 +19,8 @@
   ``regional_strengths`` the same within each of ``FACE_REGIONS`` (the mouth, the eyes, the
   rest), since a whole-face direction also holds what differs between the two sets of photos
   besides the smile (lighting, pose, the looks that go with smiling in CelebA).
+* ``sharpness``: how much fine detail (edges, teeth) faces have in a region, to compare edits
+  with real faces: a soft, blurred mouth scores low.
 
 Data comes from ``data.open_split``: the same data-root rule as training (CelebA-HQ or class
 folders).
@@ -40,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoints import save_classifier
-from .checks import check_attr_names, check_positive_int
+from .checks import check_attr_names, check_choice, check_positive_int
 from .data import DEFAULT_ATTRS, FaceDataset, open_split
 from .models import AttributeClassifier, build, classifier_loss
 
@@ -95,12 +97,26 @@ def _projection(change: torch.Tensor, direction: torch.Tensor) -> float:
 FACE_REGIONS = {"mouth": (0.56, 0.86, 0.25, 0.75), "eyes": (0.33, 0.50, 0.18, 0.82)}
 
 
+def region_box(name: str, size: int) -> tuple[int, int, int, int]:
+    """``FACE_REGIONS[name]`` in pixels of a ``size``-px face: (top, bottom, left, right), the
+    bottom and right ends excluded."""
+    check_choice(name, FACE_REGIONS, "face region")
+    return tuple(round(f * size) for f in FACE_REGIONS[name])
+
+
+def crop_region(images: torch.Tensor, name: str) -> torch.Tensor:
+    """The ``FACE_REGIONS[name]`` part of ``(N, C, S, S)`` aligned faces (a view)."""
+    top, bottom, left, right = region_box(name, images.shape[-1])
+    return images[..., top:bottom, left:right]
+
+
 def region_masks(size: int) -> dict[str, torch.Tensor]:
     """``{name: (1, size, size) 0/1 mask}`` of each of ``FACE_REGIONS`` and of "rest"."""
     masks = {}
-    for name, (top, bottom, left, right) in FACE_REGIONS.items():
+    for name in FACE_REGIONS:
+        top, bottom, left, right = region_box(name, size)
         mask = torch.zeros(1, size, size)
-        mask[:, round(top * size):round(bottom * size), round(left * size):round(right * size)] = 1
+        mask[:, top:bottom, left:right] = 1
         masks[name] = mask
     masks["rest"] = 1 - torch.stack(list(masks.values())).amax(0)
     return masks
@@ -127,6 +143,21 @@ def regional_shares(direction: torch.Tensor, other: torch.Tensor | None = None) 
             theirs = (other.double() * mask).flatten()
             shares[name]["cosine"] = float(inside @ theirs / (inside.norm() * theirs.norm()))
     return shares
+
+
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def sharpness(images: torch.Tensor, region: str | None = None) -> float:
+    """Mean squared 3x3 Laplacian of the luma of ``(N, 3, S, S)`` faces in [-1, 1], within
+    ``FACE_REGIONS[region]`` (None: the whole face; the filter stays inside it). 0 for flat
+    faces; blurring lowers it. A ratio of two such numbers (edits over real faces) is the
+    measure, not the number itself."""
+    faces = images if region is None else crop_region(images, region)
+    luma = torch.einsum("nchw,c->nhw", faces.double(), faces.new_tensor(_LUMA, dtype=torch.double))
+    kernel = luma.new_tensor(_LAPLACIAN).view(1, 1, 3, 3)
+    return float(nn.functional.conv2d(luma.unsqueeze(1), kernel).pow(2).mean())
 
 
 def coupled_changes(attr: str, value: float, couple=()) -> dict[str, float]:

@@ -38,7 +38,7 @@ from exprfast.checkpoints import load_classifier
 from exprfast.data import default_data_root, open_split, to_tensor
 from exprfast.editing import faces
 from exprfast.evaluation import (coupled_changes, edit_strength, regional_shares,
-                                 regional_strengths)
+                                 regional_strengths, sharpness)
 
 PASTE_NOTES = {
     "hybrid": "the model's decoding where it changes the face a lot, the change's brightness "
@@ -139,7 +139,7 @@ def strengths(crops, editor, data_root=None):
     """Edit strengths along the real smile (``crops``: per kind, the people's aligned faces),
     whole and per face region, and the ceiling: the model's reconstructions of the smiling faces
     minus those of the neutral ones, projected the same way (the part of the real smile the
-    decoder draws at all)."""
+    decoder draws at all); and how sharp the mouths are, relative to the real smiles'."""
     x = {kind: to_tensor(np.stack(images)) for kind, images in crops.items()}
     real = x["smiling"].mean(0) - x["neutral"].mean(0)
     drawn = {kind: to_tensor(editor.edit(np.stack(crops[kind]), {}, paste="replace"))
@@ -150,7 +150,11 @@ def strengths(crops, editor, data_root=None):
             "regions": {"neutral": regional_strengths(x["neutral"], x["smiled"], real),
                         "smiling": regional_strengths(x["smiling"], x["unsmiled"], -real),
                         "ceiling": regional_strengths(drawn["neutral"], drawn["smiling"], real),
-                        "d": regional_shares(real, celeba_direction(data_root, editor.img_size))}}
+                        "d": regional_shares(real, celeba_direction(data_root, editor.img_size))},
+            "mouth_sharpness": {kind: sharpness(faces_, "mouth") / sharpness(x["smiling"], "mouth")
+                                for kind, faces_ in (("neutral", x["neutral"]),
+                                                     ("smiled", x["smiled"]),
+                                                     ("reconstructed_smiling", drawn["smiling"]))}}
 
 
 def report(rows, strength, path, paste, smile, couple):
@@ -171,6 +175,7 @@ def report(rows, strength, path, paste, smile, couple):
         "strength_smiling_set_to_0": strength["smiling"],
         "strength_reconstruction_ceiling": strength["ceiling"],
         "strength_by_region": strength["regions"],
+        "mouth_sharpness_relative_to_real_smiles": strength["mouth_sharpness"],
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.json").write_text(json.dumps({"summary": summary, "people": rows}, indent=2))
@@ -198,7 +203,12 @@ def report(rows, strength, path, paste, smile, couple):
         f"the smiling faces set to 0 moved {summary['strength_smiling_set_to_0']:.2f} of -d. "
         f"Ceiling: the model's reconstructions of the smiling faces minus those of the neutral "
         f"ones, projected the same way: {summary['strength_reconstruction_ceiling']:.2f}.", "",
-        region_table(strength["regions"], smile), ""]))
+        region_table(strength["regions"], smile), "",
+        "Sharpness of the mouths (`evaluation.sharpness` in the mouth box of the aligned crops, "
+        "relative to the real smiles'): neutral photos "
+        f"{strength['mouth_sharpness']['neutral']:.2f}, neutral photos set to Smiling={smile:g} "
+        f"{strength['mouth_sharpness']['smiled']:.2f}, the model's reconstructions of the smiling "
+        f"photos {strength['mouth_sharpness']['reconstructed_smiling']:.2f}.", ""]))
     return summary
 
 

@@ -9,7 +9,9 @@ CelebA-HQ faces, aligned). For the non-smiling faces set to each value ``s``, th
 smiling faces are from the real non-smiling ones); for the smiling faces, the same along ``-d``.
 The same within each face region (mouth, eyes, rest; the first --pastes mode). As a ceiling,
 the same projection for the model's own reconstructions (``decode(z, its reading)``
-of each face): the part of ``d`` that the decoder can draw at all. Writes
+of each face): the part of ``d`` that the decoder can draw at all. And how sharp the mouths are
+(``evaluation.sharpness`` in the mouth box, relative to the real smiling faces'): the edited
+non-smiling faces at each value, the reconstructions of the smiling ones. Writes
 benchmarks/slider_strength.md and .json.
 """
 import argparse
@@ -19,7 +21,7 @@ from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
 from exprfast.data import open_split
 from exprfast.evaluation import (coupled_changes, edit_strength, regional_shares,
-                                 regional_strengths)
+                                 regional_strengths, sharpness)
 
 
 def parse_args(argv):
@@ -52,17 +54,26 @@ def main(argv=None):
     drawn = reconstructed[present].mean(0) - reconstructed[~present].mean(0)
     ceiling = float((drawn * direction).sum() / direction.pow(2).sum())
 
+    real_sharpness = sharpness(smiling, "mouth")
     rows, payload = [], {"faces": len(faces), "smiling": len(smiling), "coupled": args.couple,
-                         "reconstruction_ceiling": ceiling, "pastes": {}}
-    region_rows = []
+                         "reconstruction_ceiling": ceiling, "pastes": {},
+                         "mouth_sharpness": {
+                             "real_smiling": real_sharpness,
+                             "real_non_smiling": sharpness(neutral, "mouth") / real_sharpness,
+                             "reconstructed_smiling":
+                                 sharpness(reconstructed[present], "mouth") / real_sharpness}}
+    region_rows, sharp_rows = [], []
     for paste in args.pastes:
         values = [coupled_changes(args.attr, s, args.couple) for s in args.values]
         raised = [editor.edit(neutral, v, paste=paste) for v in values]
         lowered = [editor.edit(smiling, v, paste=paste) for v in values]
         up = [edit_strength(neutral, edited, direction) for edited in raised]
         down = [edit_strength(smiling, edited, -direction) for edited in lowered]
+        sharp = [sharpness(edited, "mouth") / real_sharpness for edited in raised]
         payload["pastes"][paste] = {"values": args.values, "non_smiling_set_to": up,
-                                    "smiling_set_to": down}
+                                    "smiling_set_to": down, "mouth_sharpness": sharp}
+        sharp_rows.append({"edit": f"{paste}: non-smiling faces set to s", **{
+            f"s = {v:g}": f"{r:.2f}" for v, r in zip(args.values, sharp)}})
         if paste == args.pastes[0]:  # the same, region by region
             regional = {"non_smiling_set_to": [regional_strengths(neutral, e, direction)
                                                for e in raised],
@@ -85,6 +96,12 @@ def main(argv=None):
                        for name, share in payload["regions"]["d"].items())
     by_region = (f"d restricted to each face region (`evaluation.FACE_REGIONS`); share of d's "
                  f"energy in each: {shares}.\n\n" + markdown_table(columns, region_rows))
+    mouth = payload["mouth_sharpness"]
+    sharp_text = (f"`evaluation.sharpness` in the mouth box (mean squared Laplacian of the luma), "
+                  f"relative to the real smiling faces' ({mouth['real_smiling']:.4g}): real "
+                  f"non-smiling faces {mouth['real_non_smiling']:.2f}, the model's "
+                  f"reconstructions of the smiling faces {mouth['reconstructed_smiling']:.2f}."
+                  f"\n\n" + markdown_table(columns, sharp_rows))
     setup = (f"Model: {args.model or 'bundled'} ({editor.img_size} px). Validation split: "
              f"{len(faces)} aligned faces, {len(smiling)} smiling. d = mean smiling face − mean "
              f"non-smiling face; each cell is the mean change of the edited faces projected on "
@@ -94,7 +111,8 @@ def main(argv=None):
              + (f" Set to s with {args.attr} in every edit: {', '.join(args.couple)}."
                 if args.couple else ""))
     path = write_report(args.out, "slider_strength", f"Slider strength ({args.attr})",
-                        [("Setup", setup), ("Results", table), ("By face region", by_region)],
+                        [("Setup", setup), ("Results", table), ("By face region", by_region),
+                         ("Sharpness of the mouths", sharp_text)],
                         payload)
     print(path.read_text())
     return 0

@@ -176,6 +176,12 @@ def test_regional_strengths_split_an_edit_by_face_region():
     assert set(masks) == {"mouth", "eyes", "rest"}
     assert torch.equal(sum(masks.values()), torch.ones(1, size, size))  # a partition
     assert masks["mouth"][0, 24, 16] == 1 and masks["eyes"][0, 13, 10] == 1  # mouth, left eye
+    faces = torch.rand(2, 3, size, size)
+    mouth = evaluation.crop_region(faces, "mouth")
+    assert mouth.numel() == 2 * 3 * masks["mouth"].sum()
+    assert torch.equal(mouth.flatten(), faces[:, :, masks["mouth"][0].bool()].flatten())
+    with pytest.raises(ValueError, match="face region"):
+        evaluation.crop_region(faces, "nose")
     torch.manual_seed(0)
     before = torch.rand(4, 3, size, size)
     direction = torch.randn(3, size, size)
@@ -190,6 +196,24 @@ def test_regional_strengths_split_an_edit_by_face_region():
     assert whole == pytest.approx(shares["mouth"]["energy_share"], rel=1e-6)
     assert sum(v["energy_share"] for v in shares.values()) == pytest.approx(1, rel=1e-9)
     assert shares["mouth"]["cosine"] == pytest.approx(1, rel=1e-9)
+
+
+def test_sharpness_sees_fine_detail_where_it_is():
+    size = 32
+    flat = torch.full((2, 3, size, size), 0.3)
+    assert evaluation.sharpness(flat) == 0
+    torch.manual_seed(0)
+    noisy = flat + 0.2 * torch.randn(2, 1, size, size).expand(2, 3, size, size)
+    blurred = nn.functional.avg_pool2d(noisy, 3, 1, 1, count_include_pad=False)
+    assert evaluation.sharpness(blurred) < 0.2 * evaluation.sharpness(noisy)
+    # detail only outside the mouth box: the mouth scores 0, the whole face does not
+    mouth = evaluation.region_masks(size)["mouth"]
+    elsewhere = flat + (noisy - flat) * (1 - mouth)
+    assert evaluation.sharpness(elsewhere, "mouth") == 0 < evaluation.sharpness(elsewhere)
+    # a grey edge (all channels alike) of height h: the Laplacian is +-h on the two columns
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 0.5
+    assert evaluation.sharpness(edge) == pytest.approx(2 * 0.5 ** 2 / 6, rel=1e-9)
 
 
 def test_swap_accuracy_is_perfect_when_the_decoder_shows_the_labels():

@@ -220,6 +220,10 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert all(-1 <= r["cosine"] <= 1 for r in regions["d"].values())  # CelebA's d was there
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
     assert "| mouth |" in (tmp_path / "report.md").read_text()
+    sharp = summary["mouth_sharpness_relative_to_real_smiles"]
+    assert set(sharp) == {"neutral", "smiled", "reconstructed_smiling"}
+    assert all(math.isfinite(v) and v > 0 for v in sharp.values())
+    assert "Sharpness of the mouths" in (tmp_path / "report.md").read_text()
     if paste == "hybrid":  # a --data-root given but wrong is an error, not a report without it
         wrong = [a if a != args[-1] else str(tmp_path / "nowhere") for a in args]
         with pytest.raises(ValueError, match="nowhere"):
@@ -270,6 +274,10 @@ def test_slider_strength_report(tmp_path, attrs, couple):
     assert mouth == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
     assert "| mouth, replace: non-smiling faces set to s, along d |" in (
         tmp_path / "slider_strength.md").read_text()
+    sharp = report["pastes"]["replace"]["mouth_sharpness"][1]  # s = 1, relative to real smiles
+    assert sharp == pytest.approx(evaluation.sharpness(decoded, "mouth")
+                                  / evaluation.sharpness(faces_[present], "mouth"), rel=1e-4)
+    assert "| replace: non-smiling faces set to s |" in (tmp_path / "slider_strength.md").read_text()
 
 
 def test_edit_readings_report(tmp_path):
