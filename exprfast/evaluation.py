@@ -154,6 +154,8 @@ def sharpness(images: torch.Tensor, region: str | None = None) -> float:
     ``FACE_REGIONS[region]`` (None: the whole face; the filter stays inside it). 0 for flat
     faces; blurring lowers it. A ratio of two such numbers (edits over real faces) is the
     measure, not the number itself."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"sharpness needs (N, 3, S, S) RGB faces, got shape {tuple(images.shape)}")
     faces = images if region is None else crop_region(images, region)
     luma = torch.einsum("nchw,c->nhw", faces.double(), faces.new_tensor(_LUMA, dtype=torch.double))
     kernel = luma.new_tensor(_LAPLACIAN).view(1, 1, 3, 3)

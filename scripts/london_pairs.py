@@ -144,6 +144,7 @@ def strengths(crops, editor, data_root=None):
     real = x["smiling"].mean(0) - x["neutral"].mean(0)
     drawn = {kind: to_tensor(editor.edit(np.stack(crops[kind]), {}, paste="replace"))
              for kind in ("neutral", "smiling")}
+    real_detail = sharpness(x["smiling"], "mouth")
     return {"neutral": edit_strength(x["neutral"], x["smiled"], real),
             "smiling": edit_strength(x["smiling"], x["unsmiled"], -real),
             "ceiling": edit_strength(drawn["neutral"], drawn["smiling"], real),
@@ -151,8 +152,8 @@ def strengths(crops, editor, data_root=None):
                         "smiling": regional_strengths(x["smiling"], x["unsmiled"], -real),
                         "ceiling": regional_strengths(drawn["neutral"], drawn["smiling"], real),
                         "d": regional_shares(real, celeba_direction(data_root, editor.img_size))},
-            "mouth_sharpness": {kind: sharpness(faces_, "mouth") / sharpness(x["smiling"], "mouth")
-                                for kind, faces_ in (("neutral", x["neutral"]),
+            "mouth_sharpness": {kind: sharpness(images, "mouth") / real_detail
+                                for kind, images in (("neutral", x["neutral"]),
                                                      ("smiled", x["smiled"]),
                                                      ("reconstructed_smiling", drawn["smiling"]))}}
 

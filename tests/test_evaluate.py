@@ -214,6 +214,8 @@ def test_sharpness_sees_fine_detail_where_it_is():
     edge = torch.zeros(1, 3, 8, 8)
     edge[..., 4:] = 0.5
     assert evaluation.sharpness(edge) == pytest.approx(2 * 0.5 ** 2 / 6, rel=1e-9)
+    with pytest.raises(ValueError, match=r"\(N, 3, S, S\)"):
+        evaluation.sharpness(edge[0])
 
 
 def test_swap_accuracy_is_perfect_when_the_decoder_shows_the_labels():
