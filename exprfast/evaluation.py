@@ -45,6 +45,7 @@ from .checkpoints import save_classifier
 from .checks import check_attr_names, check_choice, check_positive_int
 from .data import DEFAULT_ATTRS, FaceDataset, open_split
 from .models import AttributeClassifier, build, classifier_loss
+from .models.classifiers import LUMA_WEIGHTS
 
 _MAX_GRAD_NORM = 5.0  # Fader's classifier.py default
 _ADAM_BETAS = (0.5, 0.999)  # Fader's get_optimizer("adam")
@@ -145,7 +146,6 @@ def regional_shares(direction: torch.Tensor, other: torch.Tensor | None = None) 
     return shares
 
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 _LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 
 
@@ -157,7 +157,8 @@ def sharpness(images: torch.Tensor, region: str | None = None) -> float:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"sharpness needs (N, 3, S, S) RGB faces, got shape {tuple(images.shape)}")
     faces = images if region is None else crop_region(images, region)
-    luma = torch.einsum("nchw,c->nhw", faces.double(), faces.new_tensor(_LUMA, dtype=torch.double))
+    weights = faces.new_tensor(LUMA_WEIGHTS, dtype=torch.double)
+    luma = torch.einsum("nchw,c->nhw", faces.double(), weights)
     kernel = luma.new_tensor(_LAPLACIAN).view(1, 1, 3, 3)
     return float(nn.functional.conv2d(luma.unsqueeze(1), kernel).pow(2).mean())
 
