@@ -91,7 +91,9 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
                              "takes the model's drawing where it changes the face a lot and "
                              "adds only the change's brightness elsewhere; residual adds the "
                              "model's change everywhere (keeps the photo's shapes: fainter); "
-                             "replace pastes the model's decoded face (blurrier)")
+                             "replace pastes the model's decoded face (blurrier); warp moves "
+                             "the photo's own pixels where hybrid would draw (sharp, a little "
+                             "weaker; keeps real teeth when a smile is taken off)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quality", type=_int_at_least(1, 100), default=95,
                         help="JPEG quality, 1..100 (default 95)")

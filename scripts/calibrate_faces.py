@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from exprfast.editing.faces import (_box_frame, _detect_rotated, _find_eyes, _require_cv2,
+from exprfast.editing.faces import (_box_frame, _detect_rotated, _find_eyes, require_cv2,
                                     _rotation, _to3, _unit_to_pixels, detect_faces)
 
 
@@ -79,7 +79,7 @@ def measure_alignment(paths: Iterable[str | os.PathLike], max_rotation: float = 
     and detected again. Returns ``{"images", "found", "eyes", "median", "p90", "max"}``: the
     errors are the RMS distances, in crop sides, between where the recovered and the true
     alignment put the crop's corners and centre (largest face only)."""
-    cv = _require_cv2()
+    cv = require_cv2()
     rng = np.random.default_rng(seed)
     width, height = canvas
     points = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [0.5, 0.5]], dtype=float)

@@ -45,6 +45,8 @@ PASTE_NOTES = {
               "added elsewhere",
     "residual": "the model's change added to the photo",
     "replace": "the model's decoding pasted",
+    "warp": "the photo moved by the optical flow between the model's decodings, plus the "
+            "brightness of the change the flow does not explain",
 }
 
 

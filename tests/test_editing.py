@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
@@ -234,14 +235,14 @@ def test_edit_matches_the_decoder(editor):
     with torch.no_grad():
         expected = editor.model.decode(editor.model.encode(x), torch.tensor([[1.0, 0.0]] * 2))
     torch.testing.assert_close(out, expected)
-    # residual and hybrid: the change only; setting the current values changes nothing
-    for paste in ("residual", "hybrid"):
+    # residual, hybrid and warp: the change only; setting the current values changes nothing
+    for paste in ("residual", "hybrid", "warp"):
         same = editor.edit(x, {"Smiling": 0.0}, current={"Smiling": 0.0,
                                                         "Mouth_Slightly_Open": 1.0}, paste=paste)
         assert torch.equal(same, x)
 
 
-@pytest.mark.parametrize("paste", ["residual", "hybrid"])
+@pytest.mark.parametrize("paste", ["residual", "hybrid", "warp"])
 def test_edit_decodes_both_values_as_two_decodes_would(editor, paste):
     """edit decodes the new and the current values in one decode_many call."""
     x = torch.rand(3, 3, 32, 32) * 2 - 1
@@ -275,10 +276,35 @@ def test_hybrid_paste_draws_large_changes_and_adds_the_brightness_of_small_ones(
     drawn = resize(current + corner, 64) + editing.editor.HYBRID_DETAIL * detail
     torch.testing.assert_close(out[..., :8, :8], drawn.clamp(-1, 1)[..., :8, :8])
     assert torch.equal(out[..., 40:, 40:], images[..., 40:, 40:])
-    with pytest.raises(ValueError, match="paste must be one of hybrid, residual, replace"):
+    with pytest.raises(ValueError, match="paste must be one of hybrid, residual, replace, warp"):
         painter.compose(images, current, current, paste="blend")
     with pytest.raises(ValueError, match="paste='residual' needs current_decoded"):
         painter.compose(images, current, paste="residual")
+
+
+def smooth_texture(n, size, seed=0):
+    """Random smooth RGB images in [-1, 1]: 16x16 noise enlarged to ``size``, bicubic."""
+    noise = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return F.interpolate(noise, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def test_flow_finds_a_shift_and_the_warp_paste_moves_the_photo_by_it():
+    painter = editing.Editor(PaintingModel())
+    painter.img_size = 128  # the flow window scales with the model's resolution
+    source = smooth_texture(2, 128)
+    target = source.clone()
+    target[1] = torch.roll(source[1], 2, dims=-1)  # face 1 moves 2 px to the right
+    flow = painter.flow(source, target)
+    assert flow.shape == (2, 2, 128, 128) and flow.dtype == torch.float32
+    inner = (slice(None), slice(16, -16), slice(16, -16))
+    torch.testing.assert_close(flow[1][inner].mean((1, 2)), torch.tensor([-2.0, 0.0]),
+                               atol=0.05, rtol=0)
+    photos = smooth_texture(2, 256, seed=1)
+    out = painter.compose(photos, target, source, paste="warp")
+    assert torch.equal(out[0], photos[0])  # decodings that agree leave the photo as it was
+    moved = torch.roll(photos[1], 4, dims=-1)  # 2 px at 128 is 4 px at 256
+    error = (out[1] - moved)[:, 32:-32, 32:-32].abs().mean()
+    assert error < 0.2 * (photos[1] - moved)[:, 32:-32, 32:-32].abs().mean()
 
 
 def test_edit_errors(editor):

@@ -203,8 +203,8 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert london_pairs.main(args + ["--paste", paste]) == 0
     with Image.open(tmp_path / "pairs.png") as figure:
         assert figure.size == (6 * 40 + 8, 40)
-    with Image.open(tmp_path / "mouths.png") as mouths:  # photo + 3 paste modes, 2 rows
-        assert mouths.size == (4 * 40, 2 * 32)
+    with Image.open(tmp_path / "mouths.png") as mouths:  # photo + 4 paste modes, 2 rows
+        assert mouths.size == (5 * 40, 2 * 32)
     report = json.loads((tmp_path / "report.json").read_text())
     rows, summary = report["people"], report["summary"]
     assert [row["person"] for row in rows] == ["001", "002"]

@@ -22,7 +22,11 @@ sharp edges, so a closed mouth stays closed under a faint, colour-tinted change.
 (photos use this) takes the decoding where the model changes the face a lot (a mouth that opens
 or closes), keeping a little of the input's fine detail there, and elsewhere adds only the
 change's brightness to the input, which drops the colour tints; a change of nothing returns the
-input exactly.
+input exactly. ``"warp"`` moves the input's own pixels instead of drawing there: by the optical
+flow from ``decode(z, current)`` to ``decode(z, new)`` (where the hybrid paste would draw), plus
+the brightness of what the move does not explain. The mouth keeps the photo's sharpness and
+widens, but nothing new can appear or vanish (no teeth drawn, real teeth kept when a smile is
+taken off); a change of nothing returns the input exactly as well.
 """
 from __future__ import annotations
 
@@ -35,9 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_model
+from ..models.classifiers import LUMA_WEIGHTS
+from .faces import require_cv2
 
 ESTIMATE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-PASTE_MODES = ("hybrid", "residual", "replace")
+PASTE_MODES = ("hybrid", "residual", "replace", "warp")
 # hybrid paste: the decoding's weight rises from 0 to 1 as the model's local change (mean
 # absolute, in [-1, 1] units, smoothed) goes from 0.04 to 0.10, i.e. ~5 to ~13 grey levels:
 # picked by eye on four London photos, where it covers the mouth and the creases beside it (an
@@ -158,8 +164,8 @@ class Editor:
         changes: ``{attribute: value}`` to set, e.g. ``{"Smiling": 1.0}``.
         current: known current values of some attributes (the same for every image); the others
             not in ``changes`` are estimated (module docstring).
-        paste: ``"replace"`` (``decode(z, new)``), ``"residual"`` or ``"hybrid"`` (module
-            docstring).
+        paste: ``"replace"`` (``decode(z, new)``), ``"residual"``, ``"hybrid"`` or ``"warp"``
+            (module docstring).
 
         Returns the same kind as ``images``: type, dtype, layout, shape, device.
         """
@@ -222,12 +228,34 @@ class Editor:
         k = self.img_size // 16 | 1  # smoothing window: odd, ~1/16 of the face
         local = _box_blur(change.abs().mean(1, keepdim=True), k)
         weight = _box_blur(local.sub(low).div(high - low).clamp(0, 1), k)
+        if paste == "warp":  # move the photo where the hybrid paste would draw
+            flow = _resize_flow(self.flow(current_decoded, decoded) * weight, size)
+            moved = _warp(_resize(current_decoded, size), flow)
+            brightness = (_resize(decoded, size) - moved).mean(1, keepdim=True)
+            return _warp(images, flow).add_(brightness).clamp_(-1, 1)
         weight = _resize(weight, size).clamp_(0, 1)
         if detail is None:
             detail = self.detail(images)
         brightness = _resize(change.mean(1, keepdim=True), size)
         drawn = _resize(decoded, size) + HYBRID_DETAIL * detail
         return torch.lerp(images + brightness, drawn, weight).clamp_(-1, 1)
+
+    def flow(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``(N, 2, s, s)`` float32: for each pixel of decodings ``target`` (float ``(N, 3, s,
+        s)``), the offset (x, y) in pixels to where it lies in decodings ``source``: Farneback's
+        dense optical flow between their lumas, on the CPU (OpenCV)."""
+        cv2 = require_cv2()
+        window = self.img_size // 16 | 1  # as the hybrid paste's smoothing: about a lip's width
+
+        def grey(x):
+            luma = (x.float().cpu() * torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
+            return luma.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        # OpenCV's (prev, next) = (target, source): target(p) ~ source(p + flow(p))
+        flows = [cv2.calcOpticalFlowFarneback(t, s, None, pyr_scale=0.5, levels=3,
+                                              winsize=window, iterations=5, poly_n=5,
+                                              poly_sigma=1.1, flags=0)
+                 for s, t in zip(grey(source), grey(target))]
+        return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).to(source.device)
 
     def detail(self, images: torch.Tensor) -> torch.Tensor:
         """The part of faces ``images`` (float ``(N, 3, S, S)``) finer than the model's
@@ -342,3 +370,27 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
         return x
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
                          antialias=True)
+
+
+def _resize_flow(flow: torch.Tensor, size: int) -> torch.Tensor:
+    """A flow field (pixel offsets, ``(N, 2, s, s)``) at ``size`` px: resized and rescaled."""
+    resized = F.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+    return resized * (size / flow.shape[-1])
+
+
+def _warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``x`` sampled at each pixel's position plus ``flow`` (pixels; bicubic, edges repeated).
+    Images whose flow is zero everywhere come back exactly as they were."""
+    moving = flow.flatten(1).any(1)
+    if not moving.any():
+        return x.clone()
+    _, _, height, width = x.shape
+    ys, xs = torch.meshgrid(torch.arange(height, device=x.device),
+                            torch.arange(width, device=x.device), indexing="ij")
+    f = flow[moving]
+    grid = torch.stack([(xs + f[:, 0] + 0.5) * (2 / width) - 1,
+                        (ys + f[:, 1] + 0.5) * (2 / height) - 1], dim=-1)
+    out = x.clone()
+    out[moving] = F.grid_sample(x[moving], grid, mode="bicubic", padding_mode="border",
+                                align_corners=False)
+    return out

@@ -52,7 +52,7 @@ from PIL import Image
 
 try:
     import cv2
-except ImportError:  # reported by _require_cv2() when a function needs it
+except ImportError:  # reported by require_cv2() when a function needs it
     cv2 = None
 
 # Canonical framing of the training crops (see the module docstring for how it was measured).
@@ -85,17 +85,16 @@ MASK_INNER = 0.7
 _MAX_CROP_OVERSAMPLE = 4
 
 
-def _require_cv2():
+def require_cv2():
     if cv2 is None:
-        raise ImportError(
-            "exprfast's face detection needs OpenCV: pip install 'opencv-python-headless<5'"
-        )
+        raise ImportError("exprfast's face detection and warp paste need OpenCV: "
+                          "pip install 'opencv-python-headless<5'")
     return cv2
 
 
 @functools.lru_cache(maxsize=None)
 def _cascade(name: str):
-    cv = _require_cv2()
+    cv = require_cv2()
     folder = getattr(getattr(cv, "data", None), "haarcascades", None)
     path = os.path.join(folder, name) if folder else None
     if path is None or not os.path.isfile(path):
@@ -151,7 +150,7 @@ def detect_faces(
     """Faces in ``image`` (PIL image or uint8 array, grey ``(H, W)`` or colour ``(H, W, 3|4)``),
     largest first. ``min_size``: smallest face box in photo pixels; ``tilt``: retry angle in
     degrees when nothing is found upright (0 disables the retry). See the module docstring."""
-    cv = _require_cv2()
+    cv = require_cv2()
     grey = _grey(image)
     height, width = grey.shape
     shrink = min(1.0, max_side / max(height, width))
@@ -185,14 +184,14 @@ def _grey(image) -> np.ndarray:
     if array.ndim == 2:
         return array
     if array.ndim == 3 and array.shape[2] in (3, 4):
-        return _require_cv2().cvtColor(np.ascontiguousarray(array[..., :3]), cv2.COLOR_RGB2GRAY)
+        return require_cv2().cvtColor(np.ascontiguousarray(array[..., :3]), cv2.COLOR_RGB2GRAY)
     raise ValueError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
 
 
 def _detect_rotated(small: np.ndarray, angle: float, shrink: float, min_size: int) -> list:
     """Detections in ``small`` rotated by ``angle`` degrees (counter-clockwise as displayed),
     as (cx, cy, side, angle) in the full-size photo's pixels."""
-    cv = _require_cv2()
+    cv = require_cv2()
     height, width = small.shape
     if angle:
         rotation = cv.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, 1.0)
@@ -249,7 +248,7 @@ def _expected_eyes() -> np.ndarray:
 def _find_eyes(grey: np.ndarray, box_frame: np.ndarray) -> np.ndarray | None:
     """The eye pair ``[[x, y], [x, y]]`` (image-left eye first, photo pixels) of the face whose
     box is ``box_frame``, or None."""
-    cv = _require_cv2()
+    cv = require_cv2()
     roi_h = int(round(EYE_ROI_WIDTH * EYE_ROI_HEIGHT))
     to_roi = _unit_to_pixels(EYE_ROI_WIDTH) @ box_frame
     source, from_source = _prefiltered(grey, box_frame, 2 * EYE_ROI_WIDTH)
@@ -288,7 +287,7 @@ def _prefiltered(grey: np.ndarray, box_frame: np.ndarray, width: int):
     """``(image, to_grey)``: the part of ``grey`` around the box of ``box_frame``, area-averaged
     so that the box is about ``width`` px wide when it is larger (warpAffine would alias), and
     the 3x3 map from that image's pixels to ``grey``'s."""
-    cv = _require_cv2()
+    cv = require_cv2()
     side = 1.0 / math.hypot(box_frame[0, 0], box_frame[0, 1])
     factor = side / width
     if factor <= 1.0:
@@ -367,7 +366,7 @@ def crop_face(image: np.ndarray, face: Face, size: int) -> np.ndarray:
     """The canonical ``size`` x ``size`` crop of ``face`` from ``image`` (uint8 ``(H, W)`` or
     ``(H, W, C)``): bicubic warp, oversampled and area-averaged when the face is larger than the
     crop (no aliasing); beyond the photo's edges the photo is mirrored, as in CelebA-HQ."""
-    cv = _require_cv2()
+    cv = require_cv2()
     image = np.ascontiguousarray(image)
     factor = int(min(_MAX_CROP_OVERSAMPLE, max(1, face.crop_side // size)))
     work = size * factor
@@ -392,7 +391,7 @@ def photo_mask(face: Face, shape: Sequence[int], size: int = 256) -> tuple[np.nd
     """The paste-back weights of ``face`` in a photo of ``shape`` ``(H, W, ...)``: float32
     weights over the region ``(top, left, bottom, right)`` they cover; every photo pixel outside
     the region, or inside it with weight 0, is left untouched by ``paste_face``."""
-    cv = _require_cv2()
+    cv = require_cv2()
     height, width = shape[:2]
     top, left, bottom, right = _paste_region(face, height, width)
     if bottom <= top or right <= left:
@@ -409,7 +408,7 @@ def paste_face(image: np.ndarray, crop: np.ndarray, face: Face) -> np.ndarray:
     ``crop`` (uint8 ``(S, S)`` or ``(S, S, C)``, same channels) of ``face`` warped back
     (bicubic) and blended in with the feathered ``face_mask``. Pixels where the mask weight is 0
     keep their exact values."""
-    cv = _require_cv2()
+    cv = require_cv2()
     image = np.asarray(image)
     crop = np.ascontiguousarray(crop)
     if crop.ndim != image.ndim or crop.shape[2:] != image.shape[2:]:

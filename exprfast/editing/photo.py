@@ -6,7 +6,9 @@ docstring): ``"hybrid"`` (the default) takes the model's decoding where it chang
 (the mouth) and adds only the change's brightness elsewhere; ``"residual"`` adds the model's
 *change* ``decode(z, new) - decode(z, current)`` everywhere; both work at the photo's resolution
 and keep its detail. ``"replace"`` pastes the model's decoding itself (at the model's
-resolution, so blurrier on large faces, but independent of the current values).
+resolution, so blurrier on large faces, but independent of the current values). ``"warp"``
+moves the photo's own pixels by the model's motion where the hybrid paste would draw: sharp,
+but it cannot add or remove teeth.
 """
 from __future__ import annotations
 
