@@ -79,6 +79,12 @@ def test_render_equals_edit_photo_several_faces_and_modes(two_faces):
     changes = {"Smiling": 0.0, "Male": 1.0}
     np.testing.assert_array_equal(np.asarray(prepared.render(changes)),
                                   np.asarray(edit_photo(two_faces, changes, model=editor)))
+    for paste in ("residual", "warp"):  # the other modes at the photo's resolution
+        np.testing.assert_array_equal(
+            np.asarray(prepared.render(changes, paste=paste)),
+            np.asarray(edit_photo(two_faces, changes, model=editor, paste=paste)))
+    with pytest.raises(ValueError, match="paste must be one of hybrid, residual, warp"):
+        prepared.render(changes, paste="replace")
     with pytest.raises(ValueError, match="2 faces"):
         prepared.render({"Smiling": 1.0}, face=2)
     with pytest.raises(ValueError, match="unknown attribute"):
@@ -141,6 +147,13 @@ def test_studio_open_render_download_grid(editor, tmp_path):
 
     grid = studio.grid(state, ALL_FACES, ["Smiling"], 5, -0.5, 1.5, 1.0)
     assert not grid["warning"] and grid["grid"].size == (6 * 128, 128)
+    # exprfast studio --paste warp: the sliders render as edit_photo's warp paste
+    warped = Studio(editor, workdir=tmp_path, paste="warp")
+    moved = warped.render(warped.open(str(SAMPLE_PHOTOS[0]))["state"], ALL_FACES, 1.5)
+    expected = edit_photo(SAMPLE_PHOTOS[0], {"Smiling": 1.5}, model=editor, paste="warp")
+    np.testing.assert_array_equal(np.asarray(moved["edited"]), np.asarray(expected))
+    with pytest.raises(ValueError, match="paste must be one of hybrid, residual, warp"):
+        Studio(editor, paste="replace")
 
 
 def test_studio_bad_inputs_give_messages(editor, tmp_path):

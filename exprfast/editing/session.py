@@ -3,12 +3,12 @@
 ``edit_photo`` detects, aligns, encodes and estimates on every call. A ``PreparedPhoto`` does
 that once: it keeps, per face, the crop, the latent ``z``, the current values (the model's
 reading, ``Editor.prepare``), ``decode(z, current)`` and the crop's fine detail
-(``Editor.detail``); ``render(changes)`` then only decodes
-the new values, composes them with the crop (``Editor.compose``, hybrid paste) and pastes it
-back (``faces.paste_face``): one decode per face per call.
+(``Editor.detail``); ``render(changes)`` then only decodes the new values, composes them with
+the crop (``Editor.compose``; hybrid paste unless told otherwise) and pastes it back
+(``faces.paste_face``): one decode per face per call.
 
-``render(changes, face)`` gives the same pixels as ``edit_photo(image, changes, model, face,
-current=current)`` (its default hybrid paste) with one exception: with several faces,
+``render(changes, face, paste)`` gives the same pixels as ``edit_photo(image, changes, model,
+face, current=current, paste=paste)`` with one exception: with several faces,
 ``edit_photo`` crops and encodes each face from the photo with the faces before it already
 pasted, which differs from the original only where a face's crop overlaps an earlier face's
 paste-back region. ``render`` re-crops those faces from the partly edited photo as
@@ -24,8 +24,10 @@ import torch
 from PIL import Image
 
 from . import faces as facelib
-from .editor import Editor, _Restore
+from .editor import PASTE_MODES, Editor, _Restore
 from .photo import MAX_WORK_SIZE, NoFaceFound, _editor, _open, _split_modes
+
+RENDER_PASTES = tuple(mode for mode in PASTE_MODES if mode != "replace")
 
 
 @dataclass
@@ -100,11 +102,16 @@ class PreparedPhoto:
     # -- rendering
 
     @torch.inference_mode()
-    def render(self, changes: Mapping[str, float], face: int | None = None) -> Image.Image:
+    def render(self, changes: Mapping[str, float], face: int | None = None,
+               paste: str = "hybrid") -> Image.Image:
         """The photo with the attributes of its faces (only face ``face`` when given) set as
         ``changes`` says, ``{attribute: value}``; the attributes not in ``changes`` keep each
-        face's current values. Only decodes and pastes: one decode per face."""
+        face's current values. ``paste``: one of ``RENDER_PASTES``, as in ``edit_photo``. Only
+        decodes and pastes: one decode per face."""
         editor = self.editor
+        if paste not in RENDER_PASTES:
+            raise ValueError(f"paste must be one of {', '.join(RENDER_PASTES)} (the faces are "
+                             f"prepared at the photo's resolution), got {paste!r}")
         changes = editor.check_changes(changes)
         indices = range(len(self.faces)) if face is None else [self._index(face)]
         grey = self._mode == "L"
@@ -123,7 +130,7 @@ class PreparedPhoto:
             restore = _Restore(crop, editor.device)
             decoded = editor.model.decode(prepared.z, target_values)
             edited = restore(editor.compose(restore.tensor, decoded, prepared.current_decoded,
-                                            detail=detail))
+                                            paste, detail=detail))
             if grey:
                 edited = np.asarray(Image.fromarray(edited).convert("L"))
             target = facelib.paste_face(target, edited, prepared.face)

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from ..checks import one_line
+from ..editing.session import RENDER_PASTES
 
 from .page import build_app
 from .state import DEFAULT_HOST, DEFAULT_PORT, INSTALL_HINT, MAX_FILE_SIZE, MAX_SIDE, Studio
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"address to listen on (default {DEFAULT_HOST}: this computer "
                              "only; 0.0.0.0 exposes the page to your network, see the README)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--paste", choices=RENDER_PASTES, default="hybrid",
+                        help="how the edits go into the photo, as in exprfast edit --paste "
+                             "(default hybrid; warp keeps the photo's sharpness)")
     parser.add_argument("--max-side", type=_max_side, default=MAX_SIDE,
                         help=f"photos with a longer side are downscaled to it (default "
                              f"{MAX_SIDE})")
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as error:
         print(f"exprfast studio: error: {one_line(error)}", file=sys.stderr)
         return 2
-    app = build_app(Studio(editor, max_side=args.max_side))
+    app = build_app(Studio(editor, max_side=args.max_side, paste=args.paste))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"exprfast studio: warning: listening on {args.host}: anyone who can reach this "
               "address can use the page and upload files to it (no password, no encryption)",

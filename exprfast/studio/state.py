@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ..checks import one_line
+from ..editing.session import RENDER_PASTES
 
 
 DEFAULT_HOST = "127.0.0.1"
@@ -59,12 +60,16 @@ class Studio:
 
     Handlers (``open``, ``choose_face``, ``render``, ``download``, ``grid``) take the page's
     values and return a dict of outputs with ``message`` (str) and ``warning`` (bool).
-    ``workdir``: folder for the download files (default a new temporary folder).
+    ``workdir``: folder for the download files (default a new temporary folder). ``paste``: how
+    the edits go into the photo (``edit_photo``).
     """
 
     def __init__(self, editor, *, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS,
-                 workdir: str | Path | None = None) -> None:
+                 workdir: str | Path | None = None, paste: str = "hybrid") -> None:
+        if paste not in RENDER_PASTES:
+            raise ValueError(f"paste must be one of {', '.join(RENDER_PASTES)}, got {paste!r}")
         self.editor = editor
+        self.paste = paste
         self.attrs = tuple(editor.attrs)
         self.max_side = int(max_side)
         self.max_pixels = int(max_pixels)
@@ -233,7 +238,7 @@ class Studio:
         changes = self._changes(state, face, values)
         key = (face, tuple(sorted(changes.items())))
         if state.last is None or state.last[0] != key:
-            state.last = (key, state.prepared.render(changes, face=face))
+            state.last = (key, state.prepared.render(changes, face=face, paste=self.paste))
         return state.last[1], changes
 
     def _render_outputs(self, state: Loaded, face: int | None, values: Sequence) -> dict:
