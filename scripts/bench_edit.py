@@ -1,7 +1,7 @@
 """Editing speed: one photo end to end (load, detect, align, edit, paste back, save) and aligned
 faces per second at batch 32. Writes benchmarks/edit.md and benchmarks/edit.json.
 
-    python scripts/bench_edit.py [--model PATH] [--photos P ...]
+    python scripts/bench_edit.py [--model PATH] [--photos P ...] [--pastes MODE ...]
 """
 import argparse
 import sys
@@ -22,6 +22,8 @@ def parse_args(argv):
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--photos", nargs="+", default=[str(p) for p in editing.SAMPLE_PHOTOS])
     p.add_argument("--set", default="Smiling=1", help="the change applied, NAME=VALUE")
+    p.add_argument("--pastes", nargs="+", choices=editing.PASTE_MODES, default=["hybrid", "warp"],
+                   help="paste modes of the photo edits, a column each")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--data-root", default=None, help="CelebA-HQ root for the aligned faces (default ../shared/data/celebahq)")
@@ -29,13 +31,13 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def photo_seconds(editor, photo, changes, repeat):
+def photo_seconds(editor, photo, changes, paste, repeat):
     """Median seconds of one whole edit of `photo`, reading and writing files."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.jpg"
 
         def run():
-            editing.edit_photo(photo, changes, model=editor).save(out, quality=95)
+            editing.edit_photo(photo, changes, model=editor, paste=paste).save(out, quality=95)
 
         return time_call(run, repeat=repeat, warmup=1)
 
@@ -54,7 +56,9 @@ def main(argv=None):
     editor = editing.load(args.model)
     started = time.perf_counter()
     rows = [{"photo": Path(p).name, "size": "×".join(map(str, Image.open(p).size)),
-             "seconds (median of %d)" % args.repeat: f"{photo_seconds(editor, p, changes, args.repeat):.3f}"}
+             **{f"{paste}: seconds (median of {args.repeat})":
+                f"{photo_seconds(editor, p, changes, paste, args.repeat):.3f}"
+                for paste in args.pastes}}
             for p in args.photos]
     rate = aligned_faces_per_second(editor, args.batch_size, changes, args.data_root, args.repeat)
     setup = (f"{machine_description()}. Model: {args.model or 'bundled'} ({editor.img_size} px, "

@@ -34,7 +34,7 @@ def parse_args(argv):
                         "Mouth_Slightly_Open with a model trained on both)")
     p.add_argument("--values", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0])
     p.add_argument("--pastes", nargs="+", choices=editing.PASTE_MODES,
-                   default=["hybrid", "replace"])
+                   default=["hybrid", "replace", "warp"])
     p.add_argument("--limit", type=int, default=None, help="first N validation faces only")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
     p.add_argument("--out", default="benchmarks")
