@@ -225,7 +225,7 @@ class Editor:
         if paste == "residual":
             return images.add(_resize(change, size)).clamp_(-1, 1)
         low, high = HYBRID_CHANGE
-        k = self.img_size // 16 | 1  # smoothing window: odd, ~1/16 of the face
+        k = self._window()
         local = _box_blur(change.abs().mean(1, keepdim=True), k)
         weight = _box_blur(local.sub(low).div(high - low).clamp(0, 1), k)
         if paste == "warp":  # move the photo where the hybrid paste would draw
@@ -245,17 +245,20 @@ class Editor:
         s)``), the offset (x, y) in pixels to where it lies in decodings ``source``: Farneback's
         dense optical flow between their lumas, on the CPU (OpenCV)."""
         cv2 = require_cv2()
-        window = self.img_size // 16 | 1  # as the hybrid paste's smoothing: about a lip's width
 
         def grey(x):
             luma = (x.float().cpu() * torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
             return luma.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         # OpenCV's (prev, next) = (target, source): target(p) ~ source(p + flow(p))
         flows = [cv2.calcOpticalFlowFarneback(t, s, None, pyr_scale=0.5, levels=3,
-                                              winsize=window, iterations=5, poly_n=5,
+                                              winsize=self._window(), iterations=5, poly_n=5,
                                               poly_sigma=1.1, flags=0)
                  for s, t in zip(grey(source), grey(target))]
         return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).to(source.device)
+
+    def _window(self) -> int:
+        """The pastes' smoothing window and the flow's: odd, about 1/16 of the face."""
+        return self.img_size // 16 | 1
 
     def detail(self, images: torch.Tensor) -> torch.Tensor:
         """The part of faces ``images`` (float ``(N, 3, S, S)``) finer than the model's
