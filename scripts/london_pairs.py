@@ -233,6 +233,9 @@ def region_table(regions, smile):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report and not args.judge:
+        raise SystemExit("london_pairs.py: --report needs --judge (the report is the judge's "
+                         "readings and the strengths over every person)")
     if args.london is None and default_data_root() is None:
         raise SystemExit("london_pairs.py: no --london given and ../shared/data is absent")
     london = Path(args.london) if args.london else default_data_root().parent / "london_faces"

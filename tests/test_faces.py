@@ -228,6 +228,9 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
         wrong = [a if a != args[-1] else str(tmp_path / "nowhere") for a in args]
         with pytest.raises(ValueError, match="nowhere"):
             london_pairs.main(wrong + ["--paste", paste])
+        without_judge = args[:2] + args[4:]  # a report is the judge's: asked for without one
+        with pytest.raises(SystemExit, match="--report needs --judge"):
+            london_pairs.main(without_judge)
     if paste == "replace":  # --couple: the model's other attribute set with Smiling
         checkpoints.save_model(tiny_model(("Smiling", "Male")), tmp_path / "two.pt")
         assert london_pairs.main(args[2:] + ["--model", str(tmp_path / "two.pt"), "--paste", paste,
