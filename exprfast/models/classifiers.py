@@ -84,7 +84,7 @@ class AttributeReader(_ImageClassifier):
     """The training-time attribute classifier: 4x4 stride-2 convs (BatchNorm after all but the
     first, LeakyReLU 0.2) down to an 8x8 map (4x4 below 64 px), global average pooling, one
     linear layer. Without the BatchNorm the decoder learned to fool it with coloured stripes
-    (README, "Edits a person can see"); in training it normalises each batch, real or decoded,
+    (docs/SMILES.md, "The edit losses"); in training it normalises each batch, real or decoded,
     with that batch's own statistics. ``luminance``: it reads only the faces' luma (BT.601), so
     colour cannot carry the attribute for it. ``critic``: a second head, a 3x3 conv from the
     last feature map to one realness logit per patch, trained on decoded faces as fakes, so the

@@ -187,13 +187,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="latent-discriminator updates per step, each on a fresh batch "
                             "(Fader's n_lat_dis; default %(default)s), at one encoder forward "
                             "each. More take a little more of the attribute out of the latent "
-                            "(scripts/latent_probe.py; README, 'What the latent still carries')")
+                            "(scripts/latent_probe.py; docs/SMILES.md, 'What the latent still "
+                            "carries')")
     optim.add_argument("--lat-dis-reset-every", type=int, default=d.lat_dis_reset_every,
                        metavar="K",
                        help="a fresh latent discriminator (new weights, new Adam) every K steps, "
                             "so the encoder must hide the attributes from one it has not learned "
-                            "to fool (default: never; measured in the README, 'What the latent "
-                            "still carries')")
+                            "to fool (default: never; measured in docs/SMILES.md, 'What the "
+                            "latent still carries')")
 
     edits = parser.add_argument_group(
         "edit losses (default off: the paper's recipe; both ramp like --lambda-lat)")
@@ -211,7 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edits.add_argument("--reader-luminance", action=argparse.BooleanOptionalAction,
                        default=d.reader_luminance,
                        help="the reader sees only the faces' luminance, so the decoder cannot "
-                            "please it by painting colour (README, 'Edits a person can see')")
+                            "please it by painting colour (docs/SMILES.md, 'The edit losses')")
     edits.add_argument("--patch-on-reader", action=argparse.BooleanOptionalAction,
                        default=d.patch_on_reader,
                        help="the patch critic is a second head on the reader's trunk, trained on "

@@ -17,7 +17,7 @@ encoder keeps moving the attribute to where the discriminator is not looking, so
 carries it (``scripts/latent_probe.py``: a fresh discriminator reads it back) and the decoder
 takes it from there rather than from the labels, which makes edits faint. ``lat_dis_reset_every``
 starts the discriminator afresh every K steps (measured: that does not take it out either;
-README, "What the latent still carries").
+docs/SMILES.md, "What the latent still carries").
 
 ``reuse_latent`` (off by default: a recipe change) skips the discriminator's own batch: after
 the autoencoder update, the discriminator learns from that update's detached, train-mode latent.
