@@ -42,8 +42,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoints import save_classifier
-from .checks import check_attr_names, check_choice, check_positive_int
-from .data import DEFAULT_ATTRS, FaceDataset, open_split
+from .checks import check_attr_names, check_positive_int
+from .data import (DEFAULT_ATTRS, FACE_REGIONS, FaceDataset, crop_region, open_split,
+                   region_box)
 from .models import AttributeClassifier, build, classifier_loss
 from .models.classifiers import LUMA_WEIGHTS
 
@@ -88,27 +89,6 @@ def _mean_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
 def _projection(change: torch.Tensor, direction: torch.Tensor) -> float:
     """``change`` projected on ``direction``, in units of it."""
     return float((change * direction).sum() / direction.double().pow(2).sum())
-
-
-# Regions of an aligned face, (top, bottom, left, right) as fractions of its side, read off the
-# mean smiling minus the mean non-smiling 64 px CelebA-HQ train face: the mouth box holds the
-# mouth, the creases beside it and the chin (15 % of the face; 40 % of the validation split's
-# difference at 128 px lies there), the eye box the eyes and the skin around them. "rest" is
-# everything else.
-FACE_REGIONS = {"mouth": (0.56, 0.86, 0.25, 0.75), "eyes": (0.33, 0.50, 0.18, 0.82)}
-
-
-def region_box(name: str, size: int) -> tuple[int, int, int, int]:
-    """``FACE_REGIONS[name]`` in pixels of a ``size``-px face: (top, bottom, left, right), the
-    bottom and right ends excluded."""
-    check_choice(name, FACE_REGIONS, "face region")
-    return tuple(round(f * size) for f in FACE_REGIONS[name])
-
-
-def crop_region(images: torch.Tensor, name: str) -> torch.Tensor:
-    """The ``FACE_REGIONS[name]`` part of ``(N, C, S, S)`` aligned faces (a view)."""
-    top, bottom, left, right = region_box(name, images.shape[-1])
-    return images[..., top:bottom, left:right]
 
 
 def region_masks(size: int) -> dict[str, torch.Tensor]:

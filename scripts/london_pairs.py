@@ -15,7 +15,7 @@ same people, edited, next to the real thing, and judged by the independent class
   people's mean smiling face minus their mean neutral face (aligned crops at the model's
   resolution), the mean change of the edited neutral faces projected on d, in units of d (1 =
   as far as these people's real smiles), and that of the edited smiling faces on -d; the same
-  within each face region (``evaluation.FACE_REGIONS``: mouth, eyes, rest), with the share of
+  within each face region (``data.FACE_REGIONS``: mouth, eyes, rest), with the share of
   d that lies in each and its cosine there with CelebA's d (the validation split's mean smiling
   minus mean non-smiling face), which tells the smile from what differs between the two photo
   sessions.
@@ -220,7 +220,7 @@ def region_table(regions, smile):
     d = regions["d"]
     cosine = lambda name: (f"{d[name]['cosine']:.2f}" if "cosine" in d[name]  # noqa: E731
                            else "(no CelebA data)")
-    lines = ["Within each face region (`evaluation.FACE_REGIONS`; d restricted to the region):",
+    lines = ["Within each face region (`data.FACE_REGIONS`; d restricted to the region):",
              "", "| region | share of d's energy | cosine with CelebA's d there | neutral set "
              f"to Smiling={smile:g}, along d | smiling set to 0, along −d | ceiling |",
              "|---|---|---|---|---|---|"]

@@ -94,7 +94,7 @@ def main(argv=None):
     table = markdown_table(columns, rows)
     shares = ", ".join(f"{name} {share['energy_share']:.2f}"
                        for name, share in payload["regions"]["d"].items())
-    by_region = (f"d restricted to each face region (`evaluation.FACE_REGIONS`); share of d's "
+    by_region = (f"d restricted to each face region (`data.FACE_REGIONS`); share of d's "
                  f"energy in each: {shares}.\n\n" + markdown_table(columns, region_rows))
     mouth = payload["mouth_sharpness"]
     sharp_text = (f"`evaluation.sharpness` in the mouth box (mean squared Laplacian of the luma), "

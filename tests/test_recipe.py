@@ -210,6 +210,57 @@ def test_patch_on_reader_needs_a_training_reader_and_a_patch_weight(changes):
                                 "patch_on_reader": True, **changes})
 
 
+def test_patch_region_shows_the_critic_only_that_region(class_faces, cache_dir, tmp_path):
+    run_config = config(class_faces, tmp_path / "run", cache_dir, patch_region="mouth")
+    train_set, _ = training.open_datasets(run_config)
+    trainer = training.Trainer(run_config, train_set, torch.device("cpu"))
+    seen = []
+    trainer.patch.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    images, _ = trainer.batch(1)  # the autoencoder's batch of step 0
+    metrics = trainer.train_step()
+    assert np.isfinite(metrics["patch_loss"].item()) and np.isfinite(metrics["patch_dis_loss"].item())
+    # 32 px faces: rows 18..27 and columns 8..23 (data.FACE_REGIONS["mouth"]), real and edited
+    assert len(seen) == 3 and all(x.shape[-2:] == (10, 16) for x in seen)
+    assert any(torch.equal(x, images[..., 18:28, 8:24]) for x in seen)
+    result = training.train(run_config)
+    saved = checkpoints.load_checkpoint(result["checkpoint"])["train_config"]
+    assert saved["patch_region"] == "mouth"
+
+
+def test_r1_adds_the_critics_squared_gradient_at_the_real_faces(class_faces, cache_dir, tmp_path):
+    run_config = config(class_faces, tmp_path / "run", cache_dir, patch_region="mouth",
+                        r1_gamma=2.0)
+    train_set, _ = training.open_datasets(run_config)
+    trainer = training.Trainer(run_config, train_set, torch.device("cpu"))
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    flips = torch.rand(4, 3, 32, 32) * 2 - 1
+    real = images[..., 18:28, 8:24].clone().requires_grad_(True)
+    real_logits = trainer.patch(real)
+    gradient, = torch.autograd.grad(real_logits.sum(), real)
+    expected = models.critic_loss(real_logits, trainer.patch(flips[..., 18:28, 8:24])) \
+        + 2.0 / 2 * gradient.pow(2).flatten(1).sum(1).mean()
+    torch.testing.assert_close(trainer._patch_update(images, flips), expected.detach())
+    result = training.train(run_config)
+    assert np.isfinite(result["patch_dis_loss"])
+    assert checkpoints.load_checkpoint(result["checkpoint"])["train_config"]["r1_gamma"] == 2.0
+
+
+@pytest.mark.parametrize("changes", [dict(patch_region="nose"), dict(lambda_patch=0.0),
+                                     dict(patch_on_reader=True)])
+def test_patch_region_needs_a_region_and_the_separate_critic(changes):
+    with pytest.raises(ValueError, match="--patch-region"):
+        training.TrainConfig(**{"lambda_clf": 0.05, "lambda_patch": 0.05,
+                                "patch_region": "mouth", **changes})
+
+
+@pytest.mark.parametrize("changes", [dict(r1_gamma=-1.0), dict(r1_gamma=float("nan")),
+                                     dict(lambda_patch=0.0), dict(patch_on_reader=True)])
+def test_r1_needs_a_number_and_the_separate_critic(changes):
+    with pytest.raises(ValueError, match="--r1-gamma"):
+        training.TrainConfig(**{"lambda_clf": 0.05, "lambda_patch": 0.05, "r1_gamma": 1.0,
+                                **changes})
+
+
 def test_critic_reader_scores_realness_per_patch_and_rebuilds_from_its_config():
     reader = models.AttributeReader(64, ["Smiling"], critic=True).eval()
     x = torch.rand(2, 3, 64, 64) * 2 - 1

@@ -289,11 +289,15 @@ def test_presets_precisions_and_memory_formats_train(class_faces, cache_dir, tmp
     assert np.isfinite(result["val_recon_mse"])
 
 
-def test_two_process_ddp_over_gloo(class_faces, cache_dir, tmp_path):
+# the plain recipe, and a mouth critic with R1 (a double backward through the DDP critic)
+@pytest.mark.parametrize("extra", [[], ["--lambda-clf", "0.05", "--lambda-patch", "0.05",
+                                        "--patch-region", "mouth", "--r1-gamma", "1"]],
+                         ids=["plain", "r1"])
+def test_two_process_ddp_over_gloo(class_faces, cache_dir, tmp_path, extra):
     run_dir = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(SCRIPT), *tiny_flags(class_faces, run_dir, cache_dir), "--steps", "3",
+        str(SCRIPT), *tiny_flags(class_faces, run_dir, cache_dir), "--steps", "3", *extra,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180,
                           env=ONE_THREAD_ENV)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from ..checks import check_img_size, flag, is_int, is_number
-from ..data import ATTR_FILE
+from ..data import ATTR_FILE, FACE_REGIONS
 from ..models import DEFAULTS as MODEL_DEFAULTS
 from ..models import PRESETS, build
 
@@ -52,6 +52,8 @@ class TrainConfig:
     reader_luminance: bool = False
     lambda_patch: float = 0.0
     patch_on_reader: bool = False
+    patch_region: str | None = None
+    r1_gamma: float = 0.0
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -115,6 +117,15 @@ class TrainConfig:
                                              and self.clf_train_steps is None),
                 "patch_on_reader", "needs --lambda-clf > 0, --lambda-patch > 0 and a reader "
                 "that keeps training (no --clf-train-steps)")
+        separate_critic = self.lambda_patch > 0 and not self.patch_on_reader
+        require(self.patch_region is None or (self.patch_region in FACE_REGIONS
+                                              and separate_critic),
+                "patch_region", f"must be one of {', '.join(FACE_REGIONS)}, with --lambda-patch "
+                "> 0 and the separate critic (no --patch-on-reader)")
+        require(is_number(self.r1_gamma) and self.r1_gamma >= 0, "r1_gamma",
+                "must be a number >= 0")
+        require(self.r1_gamma == 0 or separate_critic, "r1_gamma",
+                "needs --lambda-patch > 0 and the separate critic (no --patch-on-reader)")
         require(len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas),
                 "betas", "must be two numbers in [0, 1)")
         require(self.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}")
@@ -218,6 +229,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the patch critic is a second head on the reader's trunk, trained on "
                             "decoded faces as fakes (AttGAN's shared discriminator), instead of "
                             "a separate network")
+    edits.add_argument("--patch-region", choices=tuple(FACE_REGIONS), default=d.patch_region,
+                       help="the separate patch critic sees only this region of the aligned "
+                            "faces, real and edited (data.FACE_REGIONS), so its loss works on "
+                            "the mouth and leaves the rest of the face alone (default: the whole "
+                            "face)")
+    edits.add_argument("--r1-gamma", type=float, default=d.r1_gamma, metavar="G",
+                       help="R1 penalty on the separate patch critic: G/2 times its squared "
+                            "gradient at the real faces, added to its loss (Mescheder et al. "
+                            "2018), so that it stops rewarding high-frequency texture "
+                            "(default 0: off; docs/SMILES.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,

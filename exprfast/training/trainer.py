@@ -36,6 +36,9 @@ flipped attribute, and at CPU-sized budgets the edits stay faint. Two optional t
   the real faces against the detached ``x_flip``. With ``patch_on_reader`` the critic is a head
   on the reader's trunk (AttGAN's shared discriminator), and the reader's update, made after
   the autoencoder's, trains both heads: attributes on the real faces, realness on real vs flip.
+  The separate critic can see only one region of the faces (``patch_region``, e.g. the mouth),
+  and ``r1_gamma`` adds R1 to its loss (Mescheder et al. 2018: gamma/2 times its squared
+  gradient at the real faces), which keeps it from rewarding high-frequency texture.
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
@@ -53,7 +56,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION, ModelFile
-from ..data import FaceDataset
+from ..data import FaceDataset, crop_region
 from ..models import (AttributeReader, PatchDiscriminator, build, classifier_loss,
                       critic_loss, least_squares_loss)
 from .config import TrainConfig, check_resumable
@@ -280,7 +283,7 @@ class Trainer:
                 metrics["clf_loss"] = clf_loss.detach()
                 metrics["flip_acc"] = (flip_logits.detach().argmax(-1) == flipped).float().mean()
             if self.patch is not None:
-                realness = self.patch(x_flip)
+                realness = self.patch(self._critic_view(x_flip))
             if realness is not None:
                 patch_loss = least_squares_loss(realness, real=True)
                 loss = loss + self.config.lambda_patch * ramp * patch_loss
@@ -289,9 +292,21 @@ class Trainer:
         metrics["recon_loss"], metrics["adv_loss"] = recon_loss.detach(), adv_loss.detach()
         return z.detach(), None if x_flip is None else x_flip.detach()
 
+    def _critic_view(self, images: torch.Tensor) -> torch.Tensor:
+        """What the separate patch critic sees of faces: all, or ``patch_region``'s crop."""
+        region = self.config.patch_region
+        return images if region is None else crop_region(images, region)
+
     def _patch_update(self, images, x_flip):
+        real, gamma = self._critic_view(images), self.config.r1_gamma
+        if gamma > 0:
+            real = real.detach().requires_grad_(True)
         with self._autocast():
-            loss = critic_loss(self.patch_ddp(images), self.patch_ddp(x_flip))
+            real_logits = self.patch_ddp(real)
+            loss = critic_loss(real_logits, self.patch_ddp(self._critic_view(x_flip)))
+        if gamma > 0:  # R1: the critic's squared gradient at the real faces
+            grad, = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+            loss = loss + gamma / 2 * grad.float().pow(2).flatten(1).sum(1).mean()
         self._update(loss, self.patch_optimizer)
         return loss.detach()
 
