@@ -237,8 +237,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edits.add_argument("--r1-gamma", type=float, default=d.r1_gamma, metavar="G",
                        help="R1 penalty on the separate patch critic: G/2 times its squared "
                             "gradient at the real faces, added to its loss (Mescheder et al. "
-                            "2018), so that it stops rewarding high-frequency texture "
-                            "(default 0: off; docs/SMILES.md)")
+                            "2018), which smooths what it rewards (default 0: off; measured "
+                            "in docs/SMILES.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,

@@ -38,7 +38,8 @@ flipped attribute, and at CPU-sized budgets the edits stay faint. Two optional t
   the autoencoder's, trains both heads: attributes on the real faces, realness on real vs flip.
   The separate critic can see only one region of the faces (``patch_region``, e.g. the mouth),
   and ``r1_gamma`` adds R1 to its loss (Mescheder et al. 2018: gamma/2 times its squared
-  gradient at the real faces), which keeps it from rewarding high-frequency texture.
+  gradient at the real faces), which smooths what it rewards (docs/SMILES.md: on the mouth,
+  R1 removed the critic's texture and its sharpening together).
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
