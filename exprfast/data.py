@@ -181,7 +181,6 @@ def crop_region(images: torch.Tensor, name: str) -> torch.Tensor:
     return images[..., top:bottom, left:right]
 
 
-
 class FaceDataset(Dataset):
     """Face images with binary attributes, served from the memory-mapped cache.
 

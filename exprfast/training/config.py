@@ -232,8 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edits.add_argument("--patch-region", choices=tuple(FACE_REGIONS), default=d.patch_region,
                        help="the separate patch critic sees only this region of the aligned "
                             "faces, real and edited (data.FACE_REGIONS), so its loss works on "
-                            "the mouth and leaves the rest of the face alone (default: the whole "
-                            "face)")
+                            "that region and leaves the rest of the face alone (default: the "
+                            "whole face)")
     edits.add_argument("--r1-gamma", type=float, default=d.r1_gamma, metavar="G",
                        help="R1 penalty on the separate patch critic: G/2 times its squared "
                             "gradient at the real faces, added to its loss (Mescheder et al. "
