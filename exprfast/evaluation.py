@@ -46,7 +46,7 @@ from .checks import check_attr_names, check_positive_int
 from .data import (DEFAULT_ATTRS, FACE_REGIONS, FaceDataset, crop_region, open_split,
                    region_box)
 from .models import AttributeClassifier, build, classifier_loss
-from .models.classifiers import LUMA_WEIGHTS
+from .models.classifiers import luma
 
 _MAX_GRAD_NORM = 5.0  # Fader's classifier.py default
 _ADAM_BETAS = (0.5, 0.999)  # Fader's get_optimizer("adam")
@@ -137,10 +137,9 @@ def sharpness(images: torch.Tensor, region: str | None = None) -> float:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"sharpness needs (N, 3, S, S) RGB faces, got shape {tuple(images.shape)}")
     faces = images if region is None else crop_region(images, region)
-    weights = faces.new_tensor(LUMA_WEIGHTS, dtype=torch.double)
-    luma = torch.einsum("nchw,c->nhw", faces.double(), weights)
-    kernel = luma.new_tensor(_LAPLACIAN).view(1, 1, 3, 3)
-    return float(nn.functional.conv2d(luma.unsqueeze(1), kernel).pow(2).mean())
+    grey = luma(faces.double())
+    kernel = grey.new_tensor(_LAPLACIAN).view(1, 1, 3, 3)
+    return float(nn.functional.conv2d(grey, kernel).pow(2).mean())
 
 
 def coupled_changes(attr: str, value: float, couple=()) -> dict[str, float]:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_model
-from ..models.classifiers import LUMA_WEIGHTS
+from ..models.classifiers import luma
 from .faces import require_cv2
 
 ESTIMATE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -247,8 +247,8 @@ class Editor:
         cv2 = require_cv2()
 
         def grey(x):
-            luma = (x.float().cpu() * torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
-            return luma.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+            pixels = luma(x.float().cpu())[:, 0].add(1).mul(127.5).round().clamp(0, 255)
+            return pixels.to(torch.uint8).numpy()
         # OpenCV's (prev, next) = (target, source): target(p) ~ source(p + flow(p))
         flows = [cv2.calcOpticalFlowFarneback(t, s, None, pyr_scale=0.5, levels=3,
                                               winsize=self._window(), iterations=5, poly_n=5,

@@ -30,6 +30,13 @@ from .photo import MAX_WORK_SIZE, NoFaceFound, _editor, _open, _split_modes
 RENDER_PASTES = tuple(mode for mode in PASTE_MODES if mode != "replace")
 
 
+def check_render_paste(paste: str) -> None:
+    """ValueError unless ``paste`` is one of ``RENDER_PASTES``."""
+    if paste not in RENDER_PASTES:
+        raise ValueError(f"paste must be one of {', '.join(RENDER_PASTES)} (the faces are "
+                         f"prepared at the photo's resolution), got {paste!r}")
+
+
 @dataclass
 class _PreparedFace:
     face: facelib.Face
@@ -109,9 +116,7 @@ class PreparedPhoto:
         face's current values. ``paste``: one of ``RENDER_PASTES``, as in ``edit_photo``. Only
         decodes and pastes: one decode per face."""
         editor = self.editor
-        if paste not in RENDER_PASTES:
-            raise ValueError(f"paste must be one of {', '.join(RENDER_PASTES)} (the faces are "
-                             f"prepared at the photo's resolution), got {paste!r}")
+        check_render_paste(paste)
         changes = editor.check_changes(changes)
         indices = range(len(self.faces)) if face is None else [self._index(face)]
         grey = self._mode == "L"

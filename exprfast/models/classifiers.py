@@ -28,6 +28,11 @@ from ..checks import check_attr_names, check_img_size
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma of R, G, B
 
 
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, H, W)`` BT.601 luma of ``(N, 3, H, W)`` RGB images, in their dtype and device."""
+    return (images * images.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``(N, A, 2)`` logits against ``(N, A)`` 0/1 labels, averaged over the
     batch and summed over the attributes (Fader's ``get_attr_loss``)."""
@@ -99,9 +104,6 @@ class AttributeReader(_ImageClassifier):
         self.config = {"img_size": img_size, "attrs": list(self.attrs), "init_fm": init_fm,
                        "max_fm": max_fm, "luminance": self.luminance, "critic": self.critic}
         n_layers = max(1, int(math.log2(img_size)) - (3 if img_size >= 64 else 2))
-        if self.luminance:  # not in state_dict: a constant, rebuilt from the config
-            self.register_buffer("luma", torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1),
-                                 persistent=False)
         layers, n_in, n_out = [], 1 if self.luminance else 3, init_fm
         for k in range(n_layers):
             norm = [nn.BatchNorm2d(n_out)] if k else []
@@ -128,7 +130,7 @@ class AttributeReader(_ImageClassifier):
 
     def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
         if self.luminance:
-            x = (x * self.luma.to(x.dtype)).sum(1, keepdim=True)
+            x = luma(x)
         return self.conv_layers(x)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ..checks import one_line
-from ..editing.session import RENDER_PASTES
+from ..editing.session import check_render_paste
 
 
 DEFAULT_HOST = "127.0.0.1"
@@ -66,8 +66,7 @@ class Studio:
 
     def __init__(self, editor, *, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS,
                  workdir: str | Path | None = None, paste: str = "hybrid") -> None:
-        if paste not in RENDER_PASTES:
-            raise ValueError(f"paste must be one of {', '.join(RENDER_PASTES)}, got {paste!r}")
+        check_render_paste(paste)
         self.editor = editor
         self.paste = paste
         self.attrs = tuple(editor.attrs)
