@@ -17,6 +17,12 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cpu"] = true;
     info["parallel"] = at::get_parallel_info();
+    // Whether at::parallel_for in the op's CPU kernels can use more than one thread (CMakeLists).
+#ifdef _OPENMP
+    info["cpu_kernels_parallel"] = true;
+#else
+    info["cpu_kernels_parallel"] = false;
+#endif
     return info;
   });
 }

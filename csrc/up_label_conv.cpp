@@ -143,33 +143,6 @@ at::Tensor forward_transposed_form(const Kernels& k, const Problem& p, const at:
   return out;
 }
 
-// The tap form (tap_source in up_label_conv.h): one 1x1 conv whose 9*O outputs are every tap's
-// products, 9/16 of the folded conv's MACs at oneDNN's conv rate, then an epilogue that sums nine
-// of them per output pixel (and, backward, a gather of 2x2 box sums). The MACs it saves grow with
-// C per output element, its passes do not, and they read channels at a plane's stride in NCHW:
-// it is chosen where it won side by side (README, "The op's tap form"): channels_last with
-// C >= 128 on inputs up to 16x16, NCHW on inputs up to 4x4. CPU only: CUDA keeps the transposed
-// form its tests ran in.
-bool use_tap_form(const Problem& p, const at::Tensor& x) {
-  if (!x.is_cpu() || p.s.O < 16) return false;
-  if (x.suggest_memory_format() == at::MemoryFormat::ChannelsLast)
-    return p.s.C >= 128 && p.H * p.W <= 16 * 16;
-  return p.H * p.W <= 4 * 4;
-}
-
-// (9*O, C, 1, 1): row (r*3 + s)*O + o is weight[o, :C, r, s].
-at::Tensor tap_weight(const at::Tensor& w, FoldShape s) {
-  return w.narrow(1, 0, s.C).permute({2, 3, 0, 1}).reshape({9 * s.O, s.C, 1, 1});
-}
-
-at::Tensor forward_tap_form(const Kernels& k, const Problem& p, const at::Tensor& x,
-                            const at::Tensor& w, const at::Tensor& b9, at::TensorOptions out_options) {
-  const auto z = at::conv2d(x.contiguous(conv_format(x)), tap_weight(w, p.s));
-  auto out = at::empty({p.N, p.s.O, 2 * p.H, 2 * p.W}, out_options);
-  k.sum_taps_label_bias(z, b9, out);
-  return out;
-}
-
 // The internal ATen calls must run in the op's dtype even when the caller's thread has autocast on
 // (a backward pass inside an autocast region): autocast would turn our float32 sums into bf16.
 using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
@@ -183,35 +156,8 @@ at::Tensor up_label_conv(const at::Tensor& x, const std::optional<at::Tensor>& l
   const Kernels& k = kernels_for(x);
   const auto w = weight.contiguous();
   const auto b9 = per_sample_bias(k, p, labels, w, bias);
-  if (use_tap_form(p, x)) return forward_tap_form(k, p, x, w, b9, out_options);
   return use_phase_form(p.s) ? forward_phase_form(k, p, x, w, b9, out_options)
                              : forward_transposed_form(k, p, x, w, b9, out_options);
-}
-
-// The gradients of the conv part (x, and weight[:, :C] into grad_weight) in the tap form.
-at::Tensor conv_backward_tap_form(const Kernels& k, const Problem& p, const at::Tensor& grad,
-                                  const at::Tensor& x, const at::Tensor& w, at::Tensor& grad_weight) {
-  const auto& s = p.s;
-  const auto format = conv_format(x);
-  auto dz = at::empty({p.N, 9 * s.O, p.H, p.W}, x.options().memory_format(format));
-  k.gather_taps(grad, dz);
-  auto conv_grads = at::convolution_backward(
-      dz, x.contiguous(format), tap_weight(w, s), std::nullopt, {1, 1}, {0, 0}, {1, 1},
-      /*transposed=*/false, {0, 0}, /*groups=*/1, {true, true, false});
-  grad_weight.narrow(1, 0, s.C).copy_(
-      std::get<1>(conv_grads).reshape({3, 3, s.O, s.C}).permute({2, 3, 0, 1}));
-  return std::get<0>(conv_grads);
-}
-
-at::Tensor conv_backward_transposed_form(const Kernels& k, const Problem& p, const at::Tensor& grad,
-                                         const at::Tensor& x, const at::Tensor& w,
-                                         at::Tensor& grad_weight) {
-  const auto format = conv_format(x);
-  auto conv_grads = at::convolution_backward(
-      grad.contiguous(format), x.contiguous(format), fold_weight(k, w, p.s), std::nullopt, {2, 2},
-      {1, 1}, {1, 1}, /*transposed=*/true, {0, 0}, /*groups=*/1, {true, true, false});
-  k.unfold_weight(std::get<1>(conv_grads).contiguous(), p.s, grad_weight);
-  return std::get<0>(conv_grads);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> up_label_conv_backward(
@@ -231,10 +177,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> up_label_conv_backwar
   }
   const Kernels& k = kernels_for(x);
   const auto w = weight.contiguous();
+  const auto format = conv_format(x);
+  auto conv_grads = at::convolution_backward(
+      grad.contiguous(format), x.contiguous(format), fold_weight(k, w, s), std::nullopt, {2, 2},
+      {1, 1}, {1, 1}, /*transposed=*/true, {0, 0}, /*groups=*/1, {true, true, false});
+  auto grad_x = std::get<0>(conv_grads).contiguous(x_format);
   auto grad_weight = at::empty_like(w);
-  auto grad_x = (use_tap_form(p, x) ? conv_backward_tap_form(k, p, grad, x, w, grad_weight)
-                                    : conv_backward_transposed_form(k, p, grad, x, w, grad_weight))
-                    .contiguous(x_format);
+  k.unfold_weight(std::get<1>(conv_grads).contiguous(), s, grad_weight);
 
   auto sums = at::empty({p.N, s.O, 3, 3}, x.options().dtype(opmath(x)));
   k.region_sums(grad, sums);

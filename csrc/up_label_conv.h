@@ -105,21 +105,6 @@ EXPRFAST_HD void fold_weight_phases_body(int64_t idx, FoldShape s, const scalar_
               static_cast<scalar_t>(wt[phase_tap(py, u) * 4 + phase_tap(px, v)]);
 }
 
-// Tap form of the same op (CPU, O >= 16; docs/DESIGN.md): the nine 3x3 taps share their products
-// among the four output phases, so z = conv1x1(x, weight[:, :C] as (r, s, o) x C) holds every
-// product once, 9/16 of the folded conv's MACs, and an output pixel sums nine of them:
-// out[Y, X] = sum_rs z[(r, s), tap_source(Y, r), tap_source(X, s)] over sources inside x.
-// Output row Y of the upsampled grid meets input row floor((Y + r - 1) / 2) through tap r.
-EXPRFAST_HD int64_t tap_source(int64_t y, int r) {
-  return (y + r + 1) / 2 - 1;  // floor division: y + r + 1 >= 1
-}
-
-// The adjoint: product z[(r, s), p, q] reaches output rows tap_target(p, r) + {0, 1} (and columns
-// likewise), so its gradient is a 2x2 box sum of the output gradient there.
-EXPRFAST_HD int64_t tap_target(int64_t p, int r) {
-  return 2 * p + 1 - r;
-}
-
 // One grid index per (o, c): grad_weight[o, c] = adjoint fold of grad_WT[c, o].
 template <typename scalar_t, typename acc_t>
 EXPRFAST_HD void unfold_weight_body(int64_t idx, FoldShape s, const scalar_t* grad_wt,

@@ -26,11 +26,6 @@ struct Kernels {
   void (*shuffle_label_bias)(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out);
   // sums (N, O, 3, 3), opmath dtype <- per border-class sums of grad (N, O, Hout, Wout), any format.
   void (*region_sums)(const at::Tensor& grad, at::Tensor& sums);
-  // Tap form, CPU only (the CUDA table leaves these null; see use_tap_form):
-  // out = sum of z's (N, 9*O, H, W) tap products (tap_source) + bias9[n, o, class(Y), class(X)].
-  void (*sum_taps_label_bias)(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out);
-  // dz (N, 9*O, H, W) <- the 2x2 box sums of grad (N, O, 2H, 2W) at tap_target; any formats.
-  void (*gather_taps)(const at::Tensor& grad, at::Tensor& dz);
 };
 
 const Kernels& cpu_kernels();

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import exprfast
 from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
 from exprfast.op.reference import up_label_conv_folded, up_label_conv_reference
+from exprfast.training.allocator import keep_freed_memory
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 METHODS = {
@@ -108,6 +109,8 @@ def parse_args(argv):
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", default="benchmarks", help="folder for ops.md / ops.json")
     p.add_argument("--name", default="ops", help="report file name (without extension)")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="let glibc keep freed memory, as training does (exprfast.training.allocator)")
     args = p.parse_args(argv)
     if "exprfast" not in args.methods:
         p.error("--methods must include exprfast (the table compares with it)")
@@ -118,6 +121,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    allocator = keep_freed_memory() if args.keep_freed_memory else "allocator left as it is"
     dtype = getattr(torch, args.dtype)
     shapes = sorted({s for size in args.img_sizes for s in decoder_shapes(size)}, key=lambda s: (s[2], -s[0]))
     rows = []
@@ -133,7 +137,7 @@ def main(argv=None):
              "eager = interpolate + cat + conv2d; compiled = torch.compile of that; folded = the "
              "best plain-PyTorch rewrite (folded 4x4 kernel through conv_transpose2d + label bias); "
              "GFLOP/s count the op's useful MACs (16·N·H·W·C·O) and compare with a plain conv of the "
-             "same MACs (2x2 kernel, 4·O outputs).")
+             f"same MACs (2x2 kernel, 4·O outputs). {allocator[0].upper() + allocator[1:]}.")
     path = write_report(args.out, args.name, "up_label_conv benchmark",
                         [("Setup", setup), ("Results", markdown_table(list(table[0]), table))],
                         {"args": vars(args), "machine": machine, "rows": rows})

@@ -1,12 +1,11 @@
 // CPU kernels of up_label_conv (see up_label_conv_kernels.h). The small weight folds loop over the
-// shared per-element bodies of up_label_conv.h, exactly the grid a CUDA launch covers. The passes
-// over full-size tensors (epilogues, gradient region sums, the tap form's gather) walk rows so
-// that the innermost loop is unit-stride and vectorises where the memory format allows.
+// shared per-element bodies of up_label_conv.h, exactly the grid a CUDA launch covers. The two
+// passes over full-size tensors (epilogue, gradient region sums) walk rows so that the innermost
+// loop is unit-stride and vectorises, in whichever memory format the tensors come.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "up_label_conv_kernels.h"
@@ -176,124 +175,6 @@ void shuffle_label_bias_cpu(const at::Tensor& z, const at::Tensor& bias9, at::Te
   });
 }
 
-// acc[o] += v[o * stride] for the O channels of one pixel.
-template <typename scalar_t, typename acc_t>
-inline void accumulate(const scalar_t* __restrict__ v, int64_t stride, acc_t* __restrict__ acc,
-                       int64_t O) {
-  if (stride == 1) {
-    for (int64_t o = 0; o < O; ++o) acc[o] += static_cast<acc_t>(v[o]);
-  } else {
-    for (int64_t o = 0; o < O; ++o) acc[o] += static_cast<acc_t>(v[o * stride]);
-  }
-}
-
-// One output pixel of the tap form: out[o] = bias[o] + its `count` tap products src[k][o]. Inner
-// pixels have all nine, with unit strides in channels_last: one vectorised pass over o.
-template <typename scalar_t, typename acc_t>
-inline void sum_pixel(const scalar_t* const* src, int count, int64_t zc, const acc_t* bias,
-                      scalar_t* __restrict__ out, int64_t oc, int64_t O) {
-  if (count == 9 && zc == 1 && oc == 1) {
-    const scalar_t *s0 = src[0], *s1 = src[1], *s2 = src[2], *s3 = src[3], *s4 = src[4],
-                   *s5 = src[5], *s6 = src[6], *s7 = src[7], *s8 = src[8];
-    for (int64_t o = 0; o < O; ++o) {
-      using a = acc_t;
-      const acc_t row0 = static_cast<a>(s0[o]) + static_cast<a>(s1[o]) + static_cast<a>(s2[o]);
-      const acc_t row1 = static_cast<a>(s3[o]) + static_cast<a>(s4[o]) + static_cast<a>(s5[o]);
-      const acc_t row2 = static_cast<a>(s6[o]) + static_cast<a>(s7[o]) + static_cast<a>(s8[o]);
-      out[o] = static_cast<scalar_t>(bias[o] + row0 + row1 + row2);
-    }
-    return;
-  }
-  for (int64_t o = 0; o < O; ++o) {
-    acc_t v = bias[o];
-    for (int k = 0; k < count; ++k) v += static_cast<acc_t>(src[k][o * zc]);
-    out[o * oc] = static_cast<scalar_t>(v);
-  }
-}
-
-// Tap form, forward: each output pixel is its border class's bias plus the tap products of z
-// whose source pixel lies inside x. One output row per step.
-template <typename scalar_t, typename acc_t>
-void sum_taps_label_bias_impl(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out) {
-  const Plane4 p = plane4(out, out);
-  const int64_t H = z.size(2), W = z.size(3);
-  const Strides4 zs = strides4(z), os = strides4(out);
-  const auto* zp = z.const_data_ptr<scalar_t>();
-  const auto* bp = bias9.const_data_ptr<acc_t>();
-  auto* op = out.mutable_data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, row_grain(p) / 9);  // a pixel reads nine products
-  at::parallel_for(0, p.N * p.H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> row_bias(3 * p.O);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / p.H, yy = row % p.H;
-      const acc_t* b = bp + (n * p.O * 3 + border_class(yy, p.H)) * 3;
-      for (int64_t c = 0; c < 3; ++c)
-        for (int64_t o = 0; o < p.O; ++o) row_bias[c * p.O + o] = b[o * 9 + c];
-      for (int64_t x = 0; x < p.W; ++x) {
-        const scalar_t* src[9];
-        int count = 0;
-        for (int r = 0; r < 3; ++r) {
-          const int64_t sy = tap_source(yy, r);
-          if (sy < 0 || sy >= H) continue;
-          for (int s = 0; s < 3; ++s) {
-            const int64_t sx = tap_source(x, s);
-            if (sx < 0 || sx >= W) continue;
-            src[count++] = zp + n * zs.n + sy * zs.h + sx * zs.w + (r * 3 + s) * p.O * zs.c;
-          }
-        }
-        sum_pixel(src, count, zs.c, row_bias.data() + border_class(x, p.W) * p.O,
-                  op + n * os.n + yy * os.h + x * os.w, os.c, p.O);
-      }
-    }
-  });
-}
-
-void sum_taps_label_bias_cpu(const at::Tensor& z, const at::Tensor& bias9, at::Tensor& out) {
-  EXPRFAST_DISPATCH_FLOATING(z.scalar_type(), "sum_taps_label_bias", [&] {
-    sum_taps_label_bias_impl<scalar_t, at::opmath_type<scalar_t>>(z, bias9, out);
-  });
-}
-
-// Tap form, backward: one row of dz per step. For each tap row r the output gradient's rows
-// tap_target and tap_target + 1 are added into `pairs` (columns -1 and 2W stay zero), whose
-// neighbouring columns then give the three taps s of that row.
-template <typename scalar_t, typename acc_t>
-void gather_taps_impl(const at::Tensor& grad, at::Tensor& dz) {
-  const Plane4 g = plane4(grad, grad);
-  const int64_t H = dz.size(2), W = dz.size(3), O = g.O;
-  const Strides4 gs = strides4(grad), ds = strides4(dz);
-  const auto* gp = grad.const_data_ptr<scalar_t>();
-  auto* dp = dz.mutable_data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, row_grain(g) / 4);  // a dz row reads four grad rows
-  at::parallel_for(0, g.N * H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> pairs((g.W + 2) * O);  // output column X at (X + 1) * O
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / H, py = row % H;
-      for (int r = 0; r < 3; ++r) {
-        std::fill(pairs.begin(), pairs.end(), acc_t(0));
-        for (int64_t yy = tap_target(py, r); yy <= tap_target(py, r) + 1; ++yy) {
-          if (yy < 0 || yy >= g.H) continue;
-          for (int64_t x = 0; x < g.W; ++x)
-            accumulate(gp + n * gs.n + yy * gs.h + x * gs.w, gs.c, pairs.data() + (x + 1) * O, O);
-        }
-        for (int s = 0; s < 3; ++s) {
-          for (int64_t q = 0; q < W; ++q) {
-            const acc_t* a = pairs.data() + (tap_target(q, s) + 1) * O;  // columns t and t + 1
-            scalar_t* d = dp + n * ds.n + py * ds.h + q * ds.w + (r * 3 + s) * O * ds.c;
-            for (int64_t o = 0; o < O; ++o) d[o * ds.c] = static_cast<scalar_t>(a[o] + a[O + o]);
-          }
-        }
-      }
-    }
-  });
-}
-
-void gather_taps_cpu(const at::Tensor& grad, at::Tensor& dz) {
-  EXPRFAST_DISPATCH_FLOATING(grad.scalar_type(), "gather_taps", [&] {
-    gather_taps_impl<scalar_t, at::opmath_type<scalar_t>>(grad, dz);
-  });
-}
-
 // Sums of one channel's row by column class, added to acc3.
 template <typename scalar_t, typename acc_t>
 inline void sum_row(const scalar_t* g, int64_t gs, int64_t W, acc_t* acc3) {
@@ -368,9 +249,7 @@ const Kernels& cpu_kernels() {
                          .label_weight_sums_backward = label_weight_sums_backward_cpu,
                          .add_label_bias = add_label_bias_cpu,
                          .shuffle_label_bias = shuffle_label_bias_cpu,
-                         .region_sums = region_sums_cpu,
-                         .sum_taps_label_bias = sum_taps_label_bias_cpu,
-                         .gather_taps = gather_taps_cpu};
+                         .region_sums = region_sums_cpu};
   return k;
 }
 

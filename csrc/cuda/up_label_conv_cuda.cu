@@ -162,10 +162,7 @@ const Kernels& cuda_kernels() {
                          .label_weight_sums_backward = label_weight_sums_backward_cuda,
                          .add_label_bias = add_label_bias_cuda,
                          .shuffle_label_bias = shuffle_label_bias_cuda,
-                         .region_sums = region_sums_cuda,
-                         // The tap form is CPU only (use_tap_form in up_label_conv.cpp).
-                         .sum_taps_label_bias = nullptr,
-                         .gather_taps = nullptr};
+                         .region_sums = region_sums_cuda};
   return k;
 }
 
