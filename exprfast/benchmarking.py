@@ -27,6 +27,16 @@ def time_call(fn, device="cpu", repeat=5, warmup=2, min_seconds=0.0):
     return statistics.median(times)
 
 
+def time_interleaved(calls, device="cpu", rounds=3, repeat=5):
+    """Median seconds of each of ``calls`` ({name: fn}) over interleaved rounds: a round times
+    every call (``time_call``, ``repeat`` runs), so a busy moment of the machine hits all alike."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            times[name].append(time_call(fn, device, repeat))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine_description(device="cpu"):
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"

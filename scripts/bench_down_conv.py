@@ -10,13 +10,13 @@ Writes benchmarks/<name>.md and .json. Run on quiet cores:
     python scripts/bench_down_conv.py
 """
 import argparse
-import statistics
+import functools
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from exprfast.benchmarking import machine_description, time_call, write_table_report
+from exprfast.benchmarking import machine_description, time_interleaved, write_table_report
 from exprfast.models import build
 from exprfast.models.layers import down_conv
 
@@ -84,11 +84,8 @@ def time_shape(c, o, side, batch, precision, memory_format, gradients, rounds, r
             y = METHODS[method](x, w, b)
         y.float().sum().backward()
 
-    times = {m: [] for m in METHODS}
-    for _ in range(rounds):
-        for method in METHODS:
-            times[method].append(time_call(lambda: step(method), repeat=repeat))
-    return {m: statistics.median(t) for m, t in times.items()}
+    return time_interleaved({m: functools.partial(step, m) for m in METHODS}, rounds=rounds,
+                            repeat=repeat)
 
 
 def main(argv=None):

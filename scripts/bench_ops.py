@@ -3,13 +3,15 @@
 Writes benchmarks/ops.md and benchmarks/ops.json. Run: python scripts/bench_ops.py [--device cuda]
 """
 import argparse
+import functools
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import exprfast
-from exprfast.benchmarking import machine_description, markdown_table, time_call, write_report
+from exprfast.benchmarking import (machine_description, markdown_table, time_call,
+                                   time_interleaved, write_report)
 from exprfast.op.reference import up_label_conv_folded, up_label_conv_reference
 from exprfast.training.allocator import keep_freed_memory
 
@@ -61,17 +63,31 @@ def plain_conv_rate(N, C, O, H, device, dtype, repeat):
     return 16 * N * H * H * C * O / seconds
 
 
-def bench_shape(N, C, O, H, K, device, dtype, repeat, methods, memory_format=torch.channels_last):
+def bench_shape(N, C, O, H, K, device, dtype, rounds, repeat, methods,
+                memory_format=torch.channels_last):
     inputs = make_inputs(N, C, O, H, K, device, dtype, memory_format)
     # The gradient arrives in the input's memory format, as inside a network of that format.
     grad = torch.randn(N, O, 2 * H, 2 * H, device=device, dtype=dtype).contiguous(
         memory_format=memory_format)
-    row = {"C": C, "O": O, "H": H}
-    for name in methods:
-        fn = METHODS[name] or torch.compile(up_label_conv_reference, dynamic=False)
+    fns = {name: METHODS[name] or torch.compile(up_label_conv_reference, dynamic=False)
+           for name in methods}
+
+    def forward(fn):
         with torch.no_grad():
-            row[f"{name}_fwd_ms"] = 1e3 * time_call(lambda: fn(*inputs), device, repeat)
-        row[f"{name}_fwdbwd_ms"] = 1e3 * time_call(lambda: fn(*inputs).backward(grad), device, repeat)
+            fn(*inputs)
+
+    def forward_backward(fn):
+        fn(*inputs).backward(grad)
+
+    calls = {}
+    for name, fn in fns.items():
+        calls[name, "fwd"] = functools.partial(forward, fn)
+        calls[name, "fwdbwd"] = functools.partial(forward_backward, fn)
+    seconds = time_interleaved(calls, device, rounds, repeat)
+    row = {"C": C, "O": O, "H": H}
+    for name, fn in fns.items():
+        row[f"{name}_fwd_ms"] = 1e3 * seconds[name, "fwd"]
+        row[f"{name}_fwdbwd_ms"] = 1e3 * seconds[name, "fwdbwd"]
         row[f"{name}_saved_MB"] = saved_bytes(fn, inputs) / 2**20
     macs = 16 * N * H * H * C * O
     row["exprfast_GFLOPs"] = 2 * macs / (row["exprfast_fwd_ms"] / 1e3) / 1e9
@@ -105,7 +121,9 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--img-sizes", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--labels", type=int, default=2, help="label channels K")
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds, every method in turn (median)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per round (median)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", default="benchmarks", help="folder for ops.md / ops.json")
     p.add_argument("--name", default="ops", help="report file name (without extension)")
@@ -126,13 +144,14 @@ def main(argv=None):
     shapes = sorted({s for size in args.img_sizes for s in decoder_shapes(size)}, key=lambda s: (s[2], -s[0]))
     rows = []
     for C, O, H in shapes:
-        rows.append(bench_shape(args.batch, C, O, H, args.labels, args.device, dtype, args.repeat,
-                                args.methods, MEMORY_FORMATS[args.memory_format]))
+        rows.append(bench_shape(args.batch, C, O, H, args.labels, args.device, dtype, args.rounds,
+                                args.repeat, args.methods, MEMORY_FORMATS[args.memory_format]))
         print(markdown_table(list(summarize(rows[-1:], args.methods)[0]), summarize(rows[-1:], args.methods)), flush=True)
     table = summarize(rows, args.methods)
     machine = machine_description(args.device)
     setup = (f"Batch {args.batch}, K = {args.labels} label channels, {args.dtype}, {args.device}: {machine}. "
-             f"Median of {args.repeat} runs. Inputs and output gradients {args.memory_format}. Decoder layers of the "
+             f"Median of {args.rounds} interleaved rounds (every method in turn) of {args.repeat} "
+             f"runs each. Inputs and output gradients {args.memory_format}. Decoder layers of the "
              f"{', '.join(map(str, args.img_sizes))} px models (Fader widths 512…32, last layer → 3 RGB). "
              "eager = interpolate + cat + conv2d; compiled = torch.compile of that; folded = the "
              "best plain-PyTorch rewrite (folded 4x4 kernel through conv_transpose2d + label bias); "

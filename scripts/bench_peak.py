@@ -7,12 +7,11 @@ cores:
     python scripts/bench_peak.py
 """
 import argparse
-import statistics
 import sys
 
 import torch
 
-from exprfast.benchmarking import machine_description, time_call, write_table_report
+from exprfast.benchmarking import machine_description, time_interleaved, write_table_report
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -33,11 +32,8 @@ def parse_args(argv=None):
 
 def rates(operations, flops, rounds, repeat):
     """GFLOP/s of each precision's operation (median of interleaved rounds)."""
-    times = {k: [] for k in operations}
-    for _ in range(rounds):
-        for k, fn in operations.items():
-            times[k].append(time_call(fn, repeat=repeat))
-    return {k: flops / statistics.median(t) / 1e9 for k, t in times.items()}
+    seconds = time_interleaved(operations, rounds=rounds, repeat=repeat)
+    return {k: flops / s / 1e9 for k, s in seconds.items()}
 
 
 def row(name, rate):
