@@ -98,11 +98,8 @@ def test_paper_and_paper_eager_exchange_state_dicts_and_agree():
     torch.testing.assert_close(xh_p, xh_e, rtol=1e-5, atol=1e-5)
     xh_p.square().sum().backward()
     xh_e.square().sum().backward()
-    # Absolute tolerance on the gradients' scale: a conv bias ahead of BatchNorm has a zero
-    # gradient in exact arithmetic, so what both compute there is float32 rounding of large sums.
-    scale = max(e.grad.abs().max().item() for e in eager.decoder.parameters())
     for (name, p), (_, e) in zip(paper.decoder.named_parameters(), eager.decoder.named_parameters()):
-        torch.testing.assert_close(p.grad, e.grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
+        torch.testing.assert_close(p.grad, e.grad, rtol=1e-4, atol=1e-4, msg=name)
     # Eval mode (running statistics).
     paper.eval(), eager.eval()
     with torch.no_grad():

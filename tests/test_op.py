@@ -334,4 +334,3 @@ def test_cpu_kernels_are_built_parallel():
     # ATen's parallel_for is compiled into the extension: without OpenMP there, every CPU kernel
     # of the op silently runs on one thread (CMakeLists.txt). The other tests run them threaded.
     assert exprfast.backend_info()["cpu_kernels_parallel"]
-
