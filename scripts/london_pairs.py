@@ -144,16 +144,23 @@ def strengths(crops, editor, data_root=None):
     decoder draws at all); and how sharp the mouths are, relative to the real smiles'."""
     x = {kind: to_tensor(np.stack(images)) for kind, images in crops.items()}
     real = x["smiling"].mean(0) - x["neutral"].mean(0)
+    celeba = celeba_direction(data_root, editor.img_size)
     drawn = {kind: to_tensor(editor.edit(np.stack(crops[kind]), {}, paste="replace"))
              for kind in ("neutral", "smiling")}
     real_detail = sharpness(x["smiling"], "mouth")
+    regions = {"neutral": regional_strengths(x["neutral"], x["smiled"], real),
+               "smiling": regional_strengths(x["smiling"], x["unsmiled"], -real),
+               "ceiling": regional_strengths(drawn["neutral"], drawn["smiling"], real),
+               "d": regional_shares(real, celeba)}
+    if celeba is not None:  # the same changes along the smile alone: CelebA's d, per region
+        regions["along_celeba_d"] = {
+            "real": regional_strengths(x["neutral"], x["smiling"], celeba),
+            "neutral": regional_strengths(x["neutral"], x["smiled"], celeba),
+            "smiling": regional_strengths(x["smiling"], x["unsmiled"], -celeba)}
     return {"neutral": edit_strength(x["neutral"], x["smiled"], real),
             "smiling": edit_strength(x["smiling"], x["unsmiled"], -real),
             "ceiling": edit_strength(drawn["neutral"], drawn["smiling"], real),
-            "regions": {"neutral": regional_strengths(x["neutral"], x["smiled"], real),
-                        "smiling": regional_strengths(x["smiling"], x["unsmiled"], -real),
-                        "ceiling": regional_strengths(drawn["neutral"], drawn["smiling"], real),
-                        "d": regional_shares(real, celeba_direction(data_root, editor.img_size))},
+            "regions": regions,
             "mouth_sharpness": {kind: sharpness(images, "mouth") / real_detail
                                 for kind, images in (("neutral", x["neutral"]),
                                                      ("smiled", x["smiled"]),
@@ -228,6 +235,15 @@ def region_table(regions, smile):
         lines.append(f"| {name} | {d[name]['energy_share']:.2f} | {cosine(name)} | "
                      f"{regions['neutral'][name]:.2f} | {regions['smiling'][name]:.2f} | "
                      f"{regions['ceiling'][name]:.2f} |")
+    if "along_celeba_d" in regions:
+        along = regions["along_celeba_d"]
+        lines += ["", "Along CelebA's d alone (its validation split's mean smiling minus mean "
+                  "non-smiling face, restricted to each region; 1 = as far as CelebA's smiles "
+                  "there), which leaves out what else differs between the two photo sessions:",
+                  "", f"| region | real smiles, along d | neutral set to Smiling={smile:g}, "
+                  "along d | smiling set to 0, along −d |", "|---|---|---|---|"]
+        lines += [f"| {name} | {along['real'][name]:.2f} | {along['neutral'][name]:.2f} | "
+                  f"{along['smiling'][name]:.2f} |" for name in along["real"]]
     return "\n".join(lines)
 
 

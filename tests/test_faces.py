@@ -218,6 +218,11 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert set(regions["neutral"]) == set(regions["d"]) == {"mouth", "eyes", "rest"}
     assert sum(r["energy_share"] for r in regions["d"].values()) == pytest.approx(1)
     assert all(-1 <= r["cosine"] <= 1 for r in regions["d"].values())  # CelebA's d was there
+    along = regions["along_celeba_d"]
+    assert set(along) == {"real", "neutral", "smiling"}
+    assert all(set(v) == {"mouth", "eyes", "rest"} for v in along.values())
+    assert all(math.isfinite(x) for v in along.values() for x in v.values())
+    assert "Along CelebA's d alone" in (tmp_path / "report.md").read_text()
     assert f"paste={paste!r}" in (tmp_path / "report.md").read_text()
     assert "| mouth |" in (tmp_path / "report.md").read_text()
     sharp = summary["mouth_sharpness_relative_to_real_smiles"]
