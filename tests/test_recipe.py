@@ -271,3 +271,34 @@ def test_critic_reader_scores_realness_per_patch_and_rebuilds_from_its_config():
     rebuilt.load_state_dict(reader.state_dict())
     with pytest.raises(ValueError, match="critic=True"):
         models.AttributeReader(64, ["Smiling"])(x, with_realness=True)
+
+
+@pytest.mark.parametrize("size,window", [(64, 3), (128, 7)])
+def test_reconstruction_losses(size, window):
+    from pytorch_msssim import ms_ssim
+
+    from exprfast.training.trainer import reconstruction_loss
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, size, size, generator=g) * 2 - 1
+    x_hat = (images + 0.2 * torch.randn(2, 3, size, size, generator=g)).clamp(-1, 1)
+    torch.testing.assert_close(reconstruction_loss(x_hat, images),
+                               (x_hat - images).pow(2).mean())
+    l1 = (x_hat - images).abs().mean()
+    torch.testing.assert_close(reconstruction_loss(x_hat, images, "l1"), l1)
+    expected = 0.84 * (1 - ms_ssim((x_hat + 1) / 2, (images + 1) / 2, data_range=1.0,
+                                   win_size=window)) + 0.16 * l1
+    with torch.autocast("cpu", torch.bfloat16):  # as in a bf16 training step: float32 inside
+        torch.testing.assert_close(reconstruction_loss(x_hat, images, "msssim-l1"), expected)
+    assert reconstruction_loss(images, images, "msssim-l1").abs() < 1e-6
+
+
+def test_rec_loss_is_checkpointed(class_faces, cache_dir, tmp_path):
+    result = training.train(config(class_faces, tmp_path / "run", cache_dir, rec_loss="l1"))
+    assert np.isfinite(result["recon_loss"])
+    assert checkpoints.load_checkpoint(result["checkpoint"])["train_config"]["rec_loss"] == "l1"
+
+
+@pytest.mark.parametrize("changes", [dict(rec_loss="l2"), dict(rec_loss="msssim-l1", img_size=32)])
+def test_rec_loss_needs_a_known_loss_and_room_for_ms_ssim(changes):
+    with pytest.raises(ValueError, match="--rec-loss"):
+        training.TrainConfig(**changes)

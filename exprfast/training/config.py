@@ -14,6 +14,7 @@ from ..models import DEFAULTS as MODEL_DEFAULTS
 from ..models import PRESETS, build
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+REC_LOSSES = ("mse", "l1", "msssim-l1")  # trainer.reconstruction_loss
 # Options of the invocation itself, never taken from the checkpoint of a resumed run.
 NOT_RESUMED = ("resume", "run_dir")
 # The RGB data fixes img_channels; the other model options are training flags.
@@ -46,6 +47,7 @@ class TrainConfig:
     reuse_latent: bool = False
     lat_dis_steps: int = 1
     lat_dis_reset_every: int | None = None
+    rec_loss: str = "mse"
     # edit losses (0 = off: the paper's recipe); ramped like lambda_lat
     lambda_clf: float = 0.0
     clf_train_steps: int | None = None
@@ -105,6 +107,9 @@ class TrainConfig:
         require(self.lat_dis_reset_every is None or is_int(self.lat_dis_reset_every, 1),
                 "lat_dis_reset_every", "must be a positive integer")
         check_img_size(self.img_size, flag("img_size"), minimum=32)
+        require(self.rec_loss in REC_LOSSES, "rec_loss", f"must be one of {', '.join(REC_LOSSES)}")
+        require(self.rec_loss != "msssim-l1" or self.img_size >= 64, "rec_loss",
+                "msssim-l1 needs --img-size 64 or more (five scales of MS-SSIM)")
         require(is_number(self.lr) and self.lr > 0, "lr", "must be a positive number")
         require(is_number(self.clip_grad_norm) and self.clip_grad_norm > 0, "clip_grad_norm",
                 "must be a positive number")
@@ -189,6 +194,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "on a CPU budget e.g. 1000)")
     optim.add_argument("--seed", type=int, default=d.seed,
                        help="seed of the initialisation, data order and flips")
+    optim.add_argument("--rec-loss", choices=REC_LOSSES, default=d.rec_loss,
+                       help="the reconstruction loss: mse (Fader's; default), l1, or msssim-l1 "
+                            "(0.84 (1 - MS-SSIM) + 0.16 L1, Zhao et al. 2017: keeps edges that "
+                            "mse blurs; measured in docs/SMILES.md)")
     optim.add_argument("--reuse-latent", action=argparse.BooleanOptionalAction,
                        default=d.reuse_latent,
                        help="train the latent discriminator on the autoencoder update's own "
