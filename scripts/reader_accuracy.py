@@ -43,9 +43,10 @@ def main(argv=None):
         editor = editing.load(args.model, need_reader=True)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    data = open_split(args.data_root, editor.img_size, args.split, attrs=list(editor.attrs),
-                      limit=args.limit)
-    faces, labels = data.batch(range(len(data)))
+    data = open_split(args.data_root, editor.img_size, args.split, attrs=list(editor.attrs))
+    # --limit counts faces of the split; open_split's limit would count them before splitting
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    faces, labels = data.batch(range(n))
     with torch.inference_mode():
         alone = torch.cat([editor.reader.probabilities(faces[i:i + 256])
                            for i in range(0, len(faces), 256)])

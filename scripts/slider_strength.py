@@ -44,9 +44,10 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     editor = editing.load(args.model)
-    data = open_split(args.data_root, editor.img_size, "val", attrs=[args.attr],
-                      limit=args.limit)
-    faces, labels = data.batch(range(len(data)))
+    data = open_split(args.data_root, editor.img_size, "val", attrs=[args.attr])
+    # --limit counts faces of the split; open_split's limit would count them before splitting
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    faces, labels = data.batch(range(n))
     present = labels[:, 0] > 0.5
     smiling, neutral = faces[present], faces[~present]
     direction = smiling.mean(0) - neutral.mean(0)
