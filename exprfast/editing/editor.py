@@ -189,10 +189,10 @@ class Editor:
             target = base.clone()
             for name, value in changes.items():
                 target[:, self.attrs.index(name)] = value
-            if replace:
-                decoded, current_decoded = self.model.decode(z, target), None
-            else:  # one first-layer conv for both (FaderModel.decode_many)
-                decoded, current_decoded = self.model.decode_many(z, [target, base])
+            decoded = self.model.decode(z, target)
+            # not decode_many: it adds the label bias after the conv, which rounds differently,
+            # and PreparedPhoto.render, which decodes each value alone, must give these pixels
+            current_decoded = None if replace else self.model.decode(z, base)
             outputs.append(self.compose(full[start:start + _BATCH], decoded, current_decoded,
                                         paste))
         return restore(torch.cat(outputs))
