@@ -1,6 +1,7 @@
 """Argument checks and constants shared by every part of exprfast: one wording for one mistake."""
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +28,14 @@ def is_power_of_two(value) -> bool:
 def check_positive_int(value, name: str) -> None:
     if not is_int(value, 1):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def positive_int_arg(text: str) -> int:
+    """``argparse`` type of a flag that takes a positive integer."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def check_img_size(value, name: str = "img_size", minimum: int = 2) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from . import studio, training
 from .checkpoints import load_classifier, load_model, save_model
-from .checks import IMAGE_SUFFIXES, one_line
+from .checks import IMAGE_SUFFIXES, one_line, positive_int_arg
 from .data import DEFAULT_ATTRS, SPLITS
 from .editing import PASTE_MODES, edit_photo, interpolation_grid, load, save_image
 from .evaluation import evaluate, percent, results_markdown, train_classifier, write_results
@@ -278,9 +278,9 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attrs", nargs="+", default=None,
                         help="the model's attributes to swap and judge (default all; e.g. "
                              "Smiling for a two-attribute model and a Smiling classifier)")
-    parser.add_argument("--limit", type=_positive_int, default=None,
+    parser.add_argument("--limit", type=positive_int_arg, default=None,
                         help="evaluate only the first N images of the split")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--batch-size", type=positive_int_arg, default=64)
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="folder for NAME.json and NAME.md")
     parser.add_argument("--name", default=None, help="file name stem (default: the model's)")
@@ -309,12 +309,12 @@ def _add_train_classifier(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``exprfast train-classifier``."""
     parser.add_argument("--attrs", nargs="+", default=list(DEFAULT_ATTRS),
                         help="attribute names, e.g. Smiling Mouth_Slightly_Open")
-    parser.add_argument("--img-size", type=_positive_int, default=64)
-    parser.add_argument("--steps", type=_positive_int, default=1500)
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--img-size", type=positive_int_arg, default=64)
+    parser.add_argument("--steps", type=positive_int_arg, default=1500)
+    parser.add_argument("--batch-size", type=positive_int_arg, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=_positive_int, default=None,
+    parser.add_argument("--limit", type=positive_int_arg, default=None,
                         help="use only the first N listed images (before splitting)")
     _add_data_arguments(parser)
     parser.add_argument("-o", "--output", required=True, type=Path, help="classifier file to write")
@@ -344,13 +344,6 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="image cache folder (default ~/.cache/exprfast)")
     parser.add_argument("--device", default=None, help="torch device (default cuda if available)")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _int_at_least(low: int, high: int | None = None):

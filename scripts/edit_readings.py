@@ -22,6 +22,7 @@ import torch
 from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
 from exprfast.checkpoints import load_classifier
+from exprfast.checks import positive_int_arg
 from exprfast.data import open_split
 
 _BATCH = 64
@@ -34,7 +35,7 @@ def parse_args(argv):
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--attr", default="Smiling")
     p.add_argument("--values", type=float, nargs="+", default=[1.0, 1.5, 2.0])
-    p.add_argument("--limit", type=int, default=512, help="first N validation faces")
+    p.add_argument("--limit", type=positive_int_arg, default=512, help="first N validation faces")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
     p.add_argument("--out", default="benchmarks")
     return p.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv=None):
         if args.attr not in classifier.attrs:
             raise SystemExit(f"the {name} does not read {args.attr} (it reads {classifier.attrs})")
     data = open_split(args.data_root, editor.img_size, "val", attrs=[args.attr], limit=None)
-    faces, labels = data.batch(range(min(args.limit, len(data))))
+    faces, labels = data.batch(range(len(data))[:args.limit])
     has = labels[:, 0] > 0.5
     recon = editor.edit(faces, {}, paste="replace")
     edits = {s: editor.edit(faces[~has], {args.attr: s}, paste="replace") for s in args.values}

@@ -14,6 +14,7 @@ import torch
 
 from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
+from exprfast.checks import positive_int_arg
 from exprfast.data import open_split
 
 
@@ -22,7 +23,7 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--limit", type=int, default=None, help="first N faces of the split only")
+    p.add_argument("--limit", type=positive_int_arg, default=None, help="first N faces of the split only")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
     p.add_argument("--out", default="benchmarks")
     return p.parse_args(argv)
@@ -45,8 +46,7 @@ def main(argv=None):
         raise SystemExit(str(error)) from None
     data = open_split(args.data_root, editor.img_size, args.split, attrs=list(editor.attrs))
     # --limit counts faces of the split; open_split's limit would count them before splitting
-    n = len(data) if args.limit is None else min(args.limit, len(data))
-    faces, labels = data.batch(range(n))
+    faces, labels = data.batch(range(len(data))[:args.limit])
     with torch.inference_mode():
         alone = torch.cat([editor.reader.probabilities(faces[i:i + 256])
                            for i in range(0, len(faces), 256)])

@@ -19,6 +19,7 @@ import sys
 
 from exprfast import editing
 from exprfast.benchmarking import markdown_table, write_report
+from exprfast.checks import positive_int_arg
 from exprfast.data import open_split
 from exprfast.evaluation import (coupled_changes, edit_strength, regional_shares,
                                  regional_strengths, sharpness)
@@ -35,7 +36,7 @@ def parse_args(argv):
     p.add_argument("--values", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0])
     p.add_argument("--pastes", nargs="+", choices=editing.PASTE_MODES,
                    default=["hybrid", "replace", "warp"])
-    p.add_argument("--limit", type=int, default=None, help="first N validation faces only")
+    p.add_argument("--limit", type=positive_int_arg, default=None, help="first N validation faces only")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
     p.add_argument("--out", default="benchmarks")
     return p.parse_args(argv)
@@ -46,8 +47,7 @@ def main(argv=None):
     editor = editing.load(args.model)
     data = open_split(args.data_root, editor.img_size, "val", attrs=[args.attr])
     # --limit counts faces of the split; open_split's limit would count them before splitting
-    n = len(data) if args.limit is None else min(args.limit, len(data))
-    faces, labels = data.batch(range(n))
+    faces, labels = data.batch(range(len(data))[:args.limit])
     present = labels[:, 0] > 0.5
     smiling, neutral = faces[present], faces[~present]
     direction = smiling.mean(0) - neutral.mean(0)
