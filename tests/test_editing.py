@@ -244,7 +244,7 @@ def test_edit_matches_the_decoder(editor):
 
 @pytest.mark.parametrize("paste", ["residual", "hybrid", "warp"])
 def test_edit_decodes_both_values_as_two_decodes_would(editor, paste):
-    """edit decodes the new and the current values in one decode_many call."""
+    """edit decodes the new and the current values with one decode call each."""
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     current = {"Smiling": 0.3, "Mouth_Slightly_Open": 0.0}
     out = editor.edit(x, {"Smiling": 1.5}, current=current, paste=paste)
@@ -330,9 +330,6 @@ class PaintingModel(nn.Module):
 
     def decode(self, z, attrs):
         return (2 * attrs[:, :1, None, None] - 1).expand(-1, 3, *z.shape[2:]).clone()
-
-    def decode_many(self, z, attr_sets):  # FaderModel's interface
-        return [self.decode(z, attrs) for attrs in attr_sets]
 
 
 def test_estimate_picks_the_best_reconstruction():
