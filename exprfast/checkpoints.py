@@ -8,7 +8,8 @@ carrying code is refused, never run.
   ``exprfast.training`` needs to resume exactly (see ``Trainer.state_dict``);
 * model file (``exprfast-model``): ``config`` (``build(**config)``), ``state_dict`` (float16 by
   default, the latent discriminator usually left out), ``meta``, and optionally ``reader``: the
-  ``AttributeReader`` (``config`` + ``state_dict``) that reads a photo's attribute values;
+  ``AttributeReader`` (``config`` + ``state_dict``) that reads a photo's attribute values, and
+  ``refiner``: the ``MouthRefiner`` (``config`` + ``state_dict``) that redraws decoded mouths;
 * classifier file (``exprfast-classifier``): the evaluation judge (``AttributeClassifier``).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from .checks import one_line
 from .files import atomic_torch_save
-from .models import AttributeClassifier, AttributeReader, FaderModel, build
+from .models import AttributeClassifier, AttributeReader, FaderModel, MouthRefiner, build
 
 TRAIN_FORMAT, TRAIN_VERSION = "exprfast-train-checkpoint", 1
 MODEL_FORMAT, MODEL_VERSION = "exprfast-model", 1
@@ -97,25 +98,29 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 class ModelFile(NamedTuple):
-    """What ``load_model`` returns: the model (float32, eval mode), the reader or None, meta."""
+    """What ``load_model`` returns: the model (float32, eval mode), the reader or None, meta,
+    the mouth refiner or None."""
 
     model: FaderModel
     reader: AttributeReader | None
     meta: dict
+    refiner: MouthRefiner | None = None
 
 
 def save_model(model: FaderModel, path: str | os.PathLike, meta: dict | None = None,
                half: bool = True, discriminator: bool = True,
-               reader: AttributeReader | None = None) -> None:
+               reader: AttributeReader | None = None,
+               refiner: MouthRefiner | None = None) -> None:
     """Write a model file (see the module docstring): float16 tensors when ``half``, without
     the latent discriminator unless ``discriminator`` (editing does not need it)."""
     state = {k: v for k, v in model.state_dict().items()
              if discriminator or not k.startswith(_DISCRIMINATOR)}
     payload = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": dict(model.config),
                "state_dict": _portable(state, half), "meta": dict(meta or {})}
-    if reader is not None:
-        payload["reader"] = {"config": dict(reader.config),
-                             "state_dict": _portable(reader.state_dict(), half)}
+    for name, part in (("reader", reader), ("refiner", refiner)):
+        if part is not None:
+            payload[name] = {"config": dict(part.config),
+                             "state_dict": _portable(part.state_dict(), half)}
     atomic_torch_save(payload, path)
 
 
@@ -131,18 +136,22 @@ def load_model(path: str | os.PathLike | None = None) -> ModelFile:
     payload = read_payload(path, "model file", {MODEL_FORMAT: MODEL_VERSION,
                                                 TRAIN_FORMAT: TRAIN_VERSION})
     if payload["format"] == TRAIN_FORMAT:
-        reader = payload.get("reader")
+        parts = {name: None if payload.get(name) is None else
+                 {"config": payload.get(f"{name}_config"), "state_dict": payload[name]}
+                 for name in ("reader", "refiner")}
         payload = {"config": payload.get("model_config"), "state_dict": payload.get("model"),
-                   "reader": None if reader is None else {"config": payload.get("reader_config"),
-                                                          "state_dict": reader},
-                   "meta": {"step": payload.get("step"),
-                            "train_config": payload.get("train_config")}}
+                   **parts, "meta": {"step": payload.get("step"),
+                                     "train_config": payload.get("train_config")}}
     model = _rebuild(path, build, payload, optional=_DISCRIMINATOR)
-    reader = payload.get("reader")
-    if reader is not None:
-        reader = _rebuild(path, AttributeReader, reader)
+    reader, refiner = (None if payload.get(name) is None else _rebuild(path, kind, payload[name])
+                       for name, kind in (("reader", AttributeReader), ("refiner", MouthRefiner)))
+    if refiner is not None and (refiner.img_size, refiner.n_attrs) != (model.img_size,
+                                                                        len(model.attrs)):
+        raise ValueError(f"{path} does not hold a valid model: its mouth refiner is for "
+                         f"{refiner.img_size} px faces with {refiner.n_attrs} attributes, its "
+                         f"model for {model.img_size} px with {len(model.attrs)}")
     meta = payload.get("meta")
-    return ModelFile(model, reader, meta if isinstance(meta, dict) else {})
+    return ModelFile(model, reader, meta if isinstance(meta, dict) else {}, refiner)
 
 
 def holds_discriminator(path: str | os.PathLike) -> bool:

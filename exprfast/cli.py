@@ -94,6 +94,10 @@ def _add_edit(parser: argparse.ArgumentParser) -> None:
                              "replace pastes the model's decoded face (blurrier); warp moves "
                              "the photo's own pixels where hybrid would draw (sharp, a little "
                              "weaker; keeps real teeth when a smile is taken off)")
+    parser.add_argument("--refiner", action=argparse.BooleanOptionalAction, default=True,
+                        help="redraw the decoded mouth with the model file's mouth refiner, "
+                             "when it carries one (default); --no-refiner shows the decoder's "
+                             "own, softer mouth")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quality", type=_int_at_least(1, 100), default=95,
                         help="JPEG quality, 1..100 (default 95)")
@@ -112,6 +116,8 @@ def _run_edit(args: argparse.Namespace) -> int:
         changes = _parse_assignments(args.changes, "--set")
         current = _parse_assignments(args.current, "--current")
         editor = load(args.model, device=args.device)
+        if not args.refiner:
+            editor.refiner = None
         editor.check_changes(changes)
         editor.check_changes(current)
     except (ValueError, OSError, RuntimeError) as error:
@@ -195,9 +201,10 @@ def _add_export(parser: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     """``exprfast export``: a training checkpoint as a model file for ``load``/``--model``."""
     try:
-        model, reader, meta = load_model(args.checkpoint)
-        save_model(model, args.output, meta, half=not args.float32,
-                   discriminator=args.with_discriminator, reader=reader)
+        loaded = load_model(args.checkpoint)
+        save_model(loaded.model, args.output, loaded.meta, half=not args.float32,
+                   discriminator=args.with_discriminator, reader=loaded.reader,
+                   refiner=loaded.refiner)
     except (FileNotFoundError, ValueError, WriteError) as error:
         return _fail("export", error)
     size = Path(args.output).stat().st_size / 2**20
@@ -284,16 +291,21 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="folder for NAME.json and NAME.md")
     parser.add_argument("--name", default=None, help="file name stem (default: the model's)")
+    parser.add_argument("--refiner", action=argparse.BooleanOptionalAction, default=True,
+                        help="pass every decoding through the model file's mouth refiner, as "
+                             "edits do, when it carries one (default)")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     """``exprfast evaluate``: writes the results and prints the markdown table."""
     try:
-        model = load_model(args.model).model.to(_device_arg(args.device))
+        loaded = load_model(args.model)
+        model = loaded.model.to(_device_arg(args.device))
         classifier = load_classifier(args.classifier)
         results = evaluate(
             model, classifier, args.data_root, attrs=args.attrs, split=args.split,
             limit=args.limit, batch_size=args.batch_size, cache_dir=args.cache_dir,
+            refiner=loaded.refiner if args.refiner else None,
         )
     except (FileNotFoundError, ValueError, ImportError) as error:
         return _fail("evaluate", error)

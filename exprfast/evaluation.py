@@ -7,7 +7,9 @@
   accuracy on the test split; ``checkpoints.save_classifier``/``load_classifier`` store it.
 * ``evaluate`` measures a model on a split: reconstruction PSNR and SSIM, and the swap accuracy
   of each attribute -- every image decoded with the attribute set to 0, then to 1 (the others
-  kept at their true values), and the fraction the classifier reads back as the value set.
+  kept at their true values), and the fraction the classifier reads back as the value set --,
+  and how much of the real mouths' fine detail the reconstructions keep. Given the model file's
+  mouth refiner, every decoding is refined first, as edits are.
   ``write_results`` writes the numbers as JSON and as a markdown table.
 * ``latent_probe``: how much of each attribute a Fader latent still carries. A fresh latent
   discriminator (the model's own architecture, the training recipe's Adam) learns the attributes
@@ -252,6 +254,7 @@ def evaluate(
     batch_size: int = 64,
     *,
     cache_dir: str | os.PathLike | None = None,
+    refiner: nn.Module | None = None,
 ) -> dict:
     """Reconstruction and swap metrics of ``model`` on ``split`` of the faces at ``data_root``.
 
@@ -263,7 +266,8 @@ def evaluate(
     if img_size is not None and img_size != model.img_size:
         raise ValueError(f"img_size {img_size} differs from the model's {model.img_size}")
     dataset = open_split(data_root, model.img_size, split, attrs=model.attrs, cache_dir=cache_dir)
-    results = evaluate_dataset(model, classifier, dataset, attrs, limit, batch_size)
+    results = evaluate_dataset(model, classifier, dataset, attrs, limit, batch_size,
+                               refiner=refiner)
     return {"split": split, **results}
 
 
@@ -274,9 +278,12 @@ def evaluate_dataset(
     attrs: Sequence[str] | None = None,
     limit: int | None = None,
     batch_size: int = 64,
+    *,
+    refiner: nn.Module | None = None,
 ) -> dict:
     """Metrics of ``model`` on ``dataset`` (anything with ``len`` and ``batch(indices) ->
-    (images, labels)``, labels in ``model.attrs`` order).
+    (images, labels)``, labels in ``model.attrs`` order), its decodings passed through
+    ``refiner`` (a ``MouthRefiner``) when one is given.
 
     ``model`` needs ``attrs``, ``img_size``, ``encode(x) -> z``, ``decode(z, attrs) -> x_hat``;
     ``classifier`` needs ``attrs``, ``img_size`` and ``forward(x) -> (N, A, 2)`` logits. Both run
@@ -287,8 +294,9 @@ def evaluate_dataset(
     of the reconstruction with the true attributes), ``swap_accuracy`` ``{attr: {"0", "1",
     "mean"}}``, ``swap_accuracy_mean``, ``flip_success`` ``{attr: {"to_1", "to_0"}}`` (of the
     images without the attribute, the fraction read as having it once it is set to 1, and the
-    converse), ``classifier_accuracy`` (on the real images: the ceiling for swap accuracy) and
-    ``seconds``.
+    converse), ``classifier_accuracy`` (on the real images: the ceiling for swap accuracy),
+    ``mouth_detail`` (``sharpness`` of the reconstructions' mouths over the real ones'),
+    ``refiner`` (whether one was used) and ``seconds``.
     """
     attrs = list(model.attrs) if attrs is None else list(check_attr_names(attrs))
     _check_compatible(model, classifier, attrs)
@@ -302,20 +310,29 @@ def evaluate_dataset(
     classifier.to(device)
 
     start = time.perf_counter()
-    psnr_sum = ssim_sum = 0.0
+    psnr_sum = ssim_sum = recon_detail = real_detail = 0.0
+    if refiner is not None:
+        refiner.to(device)
+
+    def show(decoded, values):  # what edits show: the decoding, refined when there is one
+        return decoded if refiner is None else refiner(decoded, values)
+
     real_hits = torch.zeros(len(attrs), dtype=torch.float64)
     swap_hits = torch.zeros(len(attrs), 2, 2, dtype=torch.float64)  # attr, value set, true
     true_counts = torch.zeros(len(attrs), 2, dtype=torch.float64)
-    with _eval_mode(model, classifier), torch.no_grad():
+    with _eval_mode(model, classifier, *([refiner] if refiner is not None else [])), \
+            torch.no_grad():
         for images, labels in _batches(dataset, n, batch_size):
             images, labels = images.to(device), labels.to(device)
             z = model.encode(images)
-            recon = model.decode(z, labels).clamp(-1, 1)
+            recon = show(model.decode(z, labels), labels).clamp(-1, 1)
             psnr_sum += psnr(recon, images).sum().item()
             ssim_sum += ssim(recon, images).sum().item()
+            recon_detail += sharpness(recon, "mouth") * len(images)
+            real_detail += sharpness(images, "mouth") * len(images)
             predicted = classifier(images).argmax(-1)[:, clf_cols]
             real_hits += (predicted == labels[:, model_cols].long()).sum(0).cpu()
-            swap_hits += _swap_hits(model, classifier, z, labels, model_cols, clf_cols)
+            swap_hits += _swap_hits(model, show, classifier, z, labels, model_cols, clf_cols)
             true = (labels[:, model_cols] > 0.5).long().cpu()
             true_counts += torch.stack([(true == 0).sum(0), (true == 1).sum(0)], 1).double()
 
@@ -335,6 +352,8 @@ def evaluate_dataset(
         "swap_accuracy_mean": swap.mean().item(),
         "flip_success": {a: {"to_1": one, "to_0": zero} for a, one, zero in zip(attrs, to_1, to_0)},
         "classifier_accuracy": dict(zip(attrs, (real_hits / n).tolist())),
+        "mouth_detail": recon_detail / real_detail if real_detail else None,
+        "refiner": refiner is not None,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -344,10 +363,10 @@ def _ratios(hits: torch.Tensor, counts: torch.Tensor) -> list:
     return [h / c if c else None for h, c in zip(hits.tolist(), counts.tolist())]
 
 
-def _swap_hits(model, classifier, z, labels, model_cols, clf_cols) -> torch.Tensor:
+def _swap_hits(model, show, classifier, z, labels, model_cols, clf_cols) -> torch.Tensor:
     """``(A, 2, 2)`` counts of images with true value ``t`` decoded with attribute ``a`` set to
-    ``v`` (the others kept) that the classifier reads as ``v`` (index ``[a, v, t]``): Fader's
-    ``eval_clf_accuracy``, split by the true value."""
+    ``v`` (the others kept; then ``show(decoded, values)``) that the classifier reads as ``v``
+    (index ``[a, v, t]``): Fader's ``eval_clf_accuracy``, split by the true value."""
     hits = torch.zeros(len(model_cols), 2, 2, dtype=torch.float64)
     for k, (m, c) in enumerate(zip(model_cols, clf_cols)):
         true = (labels[:, m] > 0.5).long()
@@ -357,7 +376,8 @@ def _swap_hits(model, classifier, z, labels, model_cols, clf_cols) -> torch.Tens
         # one first-layer conv for both values (FaderModel.decode_many; eval mode: the same
         # result as two decodes)
         for value, decoded in enumerate(model.decode_many(z, swaps)):
-            right = (classifier(decoded.clamp(-1, 1)).argmax(-1)[:, c] == value).double()
+            shown = show(decoded, swaps[value]).clamp(-1, 1)
+            right = (classifier(shown).argmax(-1)[:, c] == value).double()
             hits[k, value] = torch.zeros(2, dtype=torch.float64).index_add_(
                 0, true.cpu(), right.cpu())
     return hits
@@ -386,6 +406,9 @@ def results_markdown(results: dict, name: str) -> str:
         f"| reconstruction PSNR | {results['psnr']:.2f} dB |",
         f"| reconstruction SSIM | {results['ssim']:.4f} |",
         f"| swap accuracy (mean) | {percent(results['swap_accuracy_mean'])} |",
+        "| mouth detail of reconstructions (real mouths = 1) | "
+        f"{_number(results['mouth_detail'])} |",
+        f"| mouth refiner | {'yes' if results['refiner'] else 'no'} |",
         "",
         "| attribute | swapped to 0 | swapped to 1 | swap mean | flip 0 → 1 | flip 1 → 0 "
         "| classifier on real images |",
@@ -401,6 +424,10 @@ def results_markdown(results: dict, name: str) -> str:
 
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ----------------------------------------------------------------------------- latent probe

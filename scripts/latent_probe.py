@@ -48,7 +48,8 @@ def main(argv=None):
     rows, payload = [], {"train_faces": args.train_faces, "steps": sorted(set(args.steps)),
                          "models": []}
     for path in args.models:
-        model, _, meta = load_model(path)
+        loaded = load_model(path)
+        model, meta = loaded.model, loaded.meta
         attrs = list(model.attrs)
         train = encode_split(model, open_split(args.data_root, model.img_size, "train",
                                                attrs=attrs, warn=False), args.train_faces)

@@ -62,6 +62,9 @@ def parse_args(argv):
                    help="attributes set to the Smiling value in every edit")
     p.add_argument("--paste", choices=editing.PASTE_MODES, default="hybrid",
                    help="exprfast edit --paste; replace shows what the decoder itself draws")
+    p.add_argument("--refiner", action=argparse.BooleanOptionalAction, default=True,
+                   help="redraw decoded mouths with the model file's mouth refiner, when it "
+                        "carries one (default; exprfast edit --no-refiner)")
     p.add_argument("--cell", type=int, default=200, help="side of each face cell (px)")
     p.add_argument("--london", default=None, help="default ../shared/data/london_faces")
     p.add_argument("--data-root", default=None,
@@ -167,7 +170,7 @@ def strengths(crops, editor, data_root=None):
                                                      ("reconstructed_smiling", drawn["smiling"]))}}
 
 
-def report(rows, strength, path, paste, smile, couple):
+def report(rows, strength, path, paste, smile, couple, refined):
     n = len(rows)
     rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     summary = {
@@ -181,6 +184,7 @@ def report(rows, strength, path, paste, smile, couple):
         "pixels_changed_outside_faces": sum(r["changed_outside"] for r in rows),
         "smile_value": smile,
         "coupled": couple,
+        "mouth_refiner": refined,
         "strength_neutral_set_to_smile": strength["neutral"],
         "strength_smiling_set_to_0": strength["smiling"],
         "strength_reconstruction_ceiling": strength["ceiling"],
@@ -195,7 +199,8 @@ def report(rows, strength, path, paste, smile, couple):
         f"{n} people, each photographed neutral and smiling (uncropped, 675 px), edited with "
         f"`exprfast.edit_photo` (`paste={paste!r}`: {PASTE_NOTES[paste]}) and read by the "
         "independent judge."
-        + (f" Coupled to Smiling in every edit: {', '.join(couple)}." if couple else ""), "",
+        + (f" Coupled to Smiling in every edit: {', '.join(couple)}." if couple else "")
+        + (" Decoded mouths redrawn by the model file's mouth refiner." if refined else ""), "",
         "| | edited | real |", "|---|---|---|",
         f"| judged smiling: neutral photo set to Smiling={smile:g} vs real smile | "
         f"{pct(summary['edited_neutral_judged_smiling'])} | "
@@ -256,6 +261,8 @@ def main(argv=None):
         raise SystemExit("london_pairs.py: no --london given and ../shared/data is absent")
     london = Path(args.london) if args.london else default_data_root().parent / "london_faces"
     editor = editing.load(args.model)
+    if not args.refiner:
+        editor.refiner = None
     judge = load_classifier(args.judge) if args.judge else None
     ids = sorted(p.stem for p in (london / "neutral").glob("*.jpg"))
     people = ids if judge is not None else args.people
@@ -301,8 +308,8 @@ def main(argv=None):
               f"0); columns photo | {' | '.join(editing.PASTE_MODES)}")
     if judge is not None and args.report:
         strength = strengths(crops, editor, args.data_root)
-        print(json.dumps(report(rows, strength, args.report, args.paste, args.smile, args.couple),
-                         indent=2))
+        print(json.dumps(report(rows, strength, args.report, args.paste, args.smile, args.couple,
+                                editor.refiner is not None), indent=2))
     return 0
 
 

@@ -27,6 +27,11 @@ flow from ``decode(z, current)`` to ``decode(z, new)`` (where the hybrid paste w
 the brightness of what the move does not explain. The mouth keeps the photo's sharpness and
 widens, but nothing new can appear or vanish (no teeth drawn, real teeth kept when a smile is
 taken off); a change of nothing returns the input exactly as well.
+
+**The mouth refiner.** With a model file that carries one (``models.MouthRefiner``, trained with
+``--mouth-refiner``), every decoding an edit uses (``Editor.decode``) has its mouth redrawn by
+it first: the decoder's soft mouth with lip lines and teeth drawn in. ``editor.refiner = None``
+(``exprfast edit --no-refiner``) shows the decoder's own.
 """
 from __future__ import annotations
 
@@ -61,22 +66,25 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     as an :class:`Editor` on ``device``, float32, eval mode. FileNotFoundError if the file is
     missing, ValueError naming the file and the problem if it is not a valid model, or, with
     ``need_reader``, if it carries no attribute reader."""
-    model, reader, meta = load_model(path)
-    if need_reader and reader is None:
+    loaded = load_model(path)
+    if need_reader and loaded.reader is None:
         raise ValueError(f"{path or 'the bundled model'} has no attribute reader (models "
                          "trained with --lambda-clf carry one)")
-    return Editor(model, meta=meta, device=device, reader=reader)
+    return Editor(loaded.model, meta=loaded.meta, device=device, reader=loaded.reader,
+                  refiner=loaded.refiner)
 
 
 class Editor:
     """A trained model ready to edit faces. ``model``: a ``FaderModel`` (put in eval mode, on
     ``device``); ``meta``: the model file's meta dict; ``reader``: its ``AttributeReader`` or
-    None. Attributes ``model``, ``reader``, ``meta``, ``attrs`` (tuple of names), ``img_size``,
-    ``device``."""
+    None; ``refiner``: its ``MouthRefiner`` or None (set the attribute to None to see the
+    decoder's own mouths). Attributes ``model``, ``reader``, ``refiner``, ``meta``, ``attrs``
+    (tuple of names), ``img_size``, ``device``."""
 
     def __init__(self, model: torch.nn.Module, meta: dict | None = None,
                  device: str | torch.device | None = None,
-                 reader: torch.nn.Module | None = None) -> None:
+                 reader: torch.nn.Module | None = None,
+                 refiner: torch.nn.Module | None = None) -> None:
         if device is None:
             device = next(iter(model.parameters()), torch.empty(0)).device
         self.device = torch.device(device)
@@ -86,6 +94,12 @@ class Editor:
                                    or reader.img_size != model.img_size):
             raise ValueError(f"the reader reads {list(reader.attrs)} at {reader.img_size} px but "
                              f"the model has {list(model.attrs)} at {model.img_size} px")
+        self.refiner = None if refiner is None else refiner.to(self.device).eval()
+        if refiner is not None and (refiner.img_size != model.img_size
+                                    or refiner.n_attrs != len(model.attrs)):
+            raise ValueError(f"the refiner redraws {refiner.img_size} px faces with "
+                             f"{refiner.n_attrs} attributes but the model decodes "
+                             f"{model.img_size} px ones with {len(model.attrs)}")
         self.meta = dict(meta or {})
         self.attrs = tuple(model.attrs)
         self.img_size = int(model.img_size)
@@ -189,10 +203,10 @@ class Editor:
             target = base.clone()
             for name, value in changes.items():
                 target[:, self.attrs.index(name)] = value
-            decoded = self.model.decode(z, target)
+            decoded = self.decode(z, target)
             # not decode_many: it adds the label bias after the conv, which rounds differently,
             # and PreparedPhoto.render, which decodes each value alone, must give these pixels
-            current_decoded = None if replace else self.model.decode(z, base)
+            current_decoded = None if replace else self.decode(z, base)
             outputs.append(self.compose(full[start:start + _BATCH], decoded, current_decoded,
                                         paste))
         return restore(torch.cat(outputs))
@@ -282,9 +296,17 @@ class Editor:
         return known
 
     @torch.inference_mode()
+    def decode(self, z: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The faces that latents ``z`` decode to with attribute ``values``, their mouths
+        redrawn by the refiner when there is one: what edits show."""
+        values = values.to(z.device)
+        decoded = self.model.decode(z, values)
+        return decoded if self.refiner is None else self.refiner(decoded, values)
+
+    @torch.inference_mode()
     def decode_uint8(self, z: torch.Tensor, values: torch.Tensor) -> np.ndarray:
-        """Decodings of latents ``z`` with attribute ``values`` as uint8 ``(N, S, S, 3)``."""
-        decoded = self.model.decode(z, values.to(z.device))
+        """``decode`` as uint8 ``(N, S, S, 3)``."""
+        decoded = self.decode(z, values)
         pixels = decoded.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).cpu().numpy()
 

@@ -88,7 +88,7 @@ class PreparedPhoto:
         crop = facelib.crop_face(self._pixels, face, size)
         z, values = editor.prepare(crop[None], current)
         detail = editor.detail(_Restore(crop, editor.device).tensor)
-        return _PreparedFace(face, crop, z, values, editor.model.decode(z, values), detail)
+        return _PreparedFace(face, crop, z, values, editor.decode(z, values), detail)
 
     # -- the values
 
@@ -133,7 +133,7 @@ class PreparedPhoto:
             for name, value in changes.items():
                 target_values[:, self.attrs.index(name)] = value
             restore = _Restore(crop, editor.device)
-            decoded = editor.model.decode(prepared.z, target_values)
+            decoded = editor.decode(prepared.z, target_values)
             edited = restore(editor.compose(restore.tensor, decoded, prepared.current_decoded,
                                             paste, detail=detail))
             if grey:

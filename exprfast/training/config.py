@@ -56,6 +56,9 @@ class TrainConfig:
     patch_on_reader: bool = False
     patch_region: str | None = None
     r1_gamma: float = 0.0
+    # second stage: train only a mouth refiner on the frozen --init-from model (0 = off)
+    mouth_refiner: int = 0
+    lambda_refiner_l1: float = 100.0
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -131,6 +134,17 @@ class TrainConfig:
                 "must be a number >= 0")
         require(self.r1_gamma == 0 or separate_critic, "r1_gamma",
                 "needs --lambda-patch > 0 and the separate critic (no --patch-on-reader)")
+        require(is_int(self.mouth_refiner, 0), "mouth_refiner",
+                "must be an integer >= 0 (the refiner's width; 0: no refiner)")
+        require(is_number(self.lambda_refiner_l1) and self.lambda_refiner_l1 >= 0,
+                "lambda_refiner_l1", "must be a number >= 0")
+        if self.mouth_refiner:
+            require(self.init_from is not None, "init_from",
+                    "must name the trained model whose mouths --mouth-refiner learns to redraw")
+            require(self.img_size >= 64, "img_size", "must be 64 or more with --mouth-refiner")
+            for name in ("lambda_clf", "lambda_patch"):
+                require(getattr(self, name) == 0, name, "must be 0 with --mouth-refiner (that "
+                        "stage trains the refiner alone; the model stays as it is)")
         require(len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas),
                 "betas", "must be two numbers in [0, 1)")
         require(self.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}")
@@ -248,6 +262,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "gradient at the real faces, added to its loss (Mescheder et al. "
                             "2018), which smooths what it rewards (default 0: off; measured "
                             "in docs/SMILES.md)")
+
+    refine = parser.add_argument_group(
+        "mouth refiner (a second stage, after the model is trained)")
+    refine.add_argument("--mouth-refiner", type=int, default=d.mouth_refiner, metavar="WIDTH",
+                        help="train only a mouth refiner of this width (e.g. 24) on the frozen "
+                             "--init-from model: a U-Net that redraws the decoded mouth sharper, "
+                             "with L1 to the real face and a conditional patch critic "
+                             "(pix2pix); exported model files carry it and edits use it "
+                             "(default 0: off; measured in docs/SMILES.md)")
+    refine.add_argument("--lambda-refiner-l1", type=float, default=d.lambda_refiner_l1,
+                        help="weight of the refiner's L1 loss against the critic's hinge loss "
+                             "(default %(default)s, pix2pix's)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
@@ -401,9 +427,16 @@ def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
                                  f"{'with' if stored_value else 'without'} {flag(option)}; "
                                  "resume with the run's setting")
     separate_patch = config.lambda_patch > 0 and not config.patch_on_reader
-    for part, option, wanted in (("reader", "lambda_clf", config.lambda_clf > 0),
+    carries_reader = config.lambda_clf > 0 or config.mouth_refiner > 0
+    for part, option, wanted in (("refiner", "mouth_refiner", config.mouth_refiner > 0),
+                                 ("reader", "lambda_clf", carries_reader),
                                  ("patch", "lambda_patch", separate_patch)):
         if wanted != (part in checkpoint):
             raise ValueError(f"{where}: the run was trained "
                              f"{'with' if part in checkpoint else 'without'} {flag(option)}; "
                              f"resume with the run's {flag(option)}")
+    refiner_config = checkpoint.get("refiner_config")
+    if "refiner" in checkpoint and isinstance(refiner_config, dict) \
+            and refiner_config.get("width") != config.mouth_refiner:
+        raise ValueError(f"{where}: the run's refiner has width {refiner_config.get('width')}, "
+                         f"not --mouth-refiner {config.mouth_refiner}; resume with the run's")

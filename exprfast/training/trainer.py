@@ -44,6 +44,15 @@ flipped attribute, and at CPU-sized budgets the edits stay faint. Two optional t
 ``rec_loss`` swaps Fader's mean squared reconstruction error for L1 or MS-SSIM + L1
 (``reconstruction_loss``), losses that blur edges less.
 
+**The mouth refiner** (``mouth_refiner``, a second stage; ``models.refiner``). The model from
+``init_from`` stays frozen (eval mode), and so does its reader, which the stage carries into
+its checkpoints (so exported files read photos as before). A step decodes one batch's
+reconstructions without gradients, cuts the refiner's box out of them and of the real faces at
+one random place near ``refine_box`` (the same for the batch), updates the conditional critic
+(hinge loss: real box against the detached redrawn one, each beside the decoded box and the
+true values), then the refiner (given the decoded box and the true values):
+``lambda_refiner_l1 * L1(redrawn, real) + hinge_generator_loss`` against the updated critic.
+
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
 budget"). There use e.g. ``--steps 4000 --lambda-lat 1e-2 --lambda-ramp-steps 1000``.
@@ -62,15 +71,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION, ModelFile
 from ..data import FaceDataset, crop_region
-from ..models import (AttributeReader, PatchDiscriminator, build, classifier_loss,
-                      critic_loss, least_squares_loss)
+from ..models import (AttributeReader, MouthCritic, MouthRefiner, PatchDiscriminator, build,
+                      classifier_loss, critic_loss, hinge_critic_loss, hinge_generator_loss,
+                      least_squares_loss, refine_box)
 from .config import TrainConfig, check_resumable
 from .optim import FlatAdam
 from .stream import BatchStream, seed_rngs
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Optional parts: (attribute, optimizer attribute) saved in checkpoints when present.
-_EXTRAS = (("reader", "reader_optimizer"), ("patch", "patch_optimizer"))
+_EXTRAS = (("reader", "reader_optimizer"), ("patch", "patch_optimizer"),
+           ("refiner", "refiner_optimizer"), ("refiner_critic", "refiner_critic_optimizer"))
+# How far (fractions of the side) the refiner's training box moves from refine_box, down and
+# across: about where mouths sit in the aligned faces.
+_REFINE_JITTER = (4 / 128, 8 / 128)
 
 
 def lambda_at(step: int, lambda_lat: float, ramp_steps: int) -> float:
@@ -142,8 +156,13 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = build(config.preset, config.img_size, train_set.attr_names,
                            **config.model_overrides).to(device)
-        self.reader = self.patch = None
-        if config.lambda_clf > 0:
+        self.reader = self.patch = self.refiner = self.refiner_critic = None
+        if config.mouth_refiner:
+            n_attrs = len(train_set.attr_names)
+            self.refiner = MouthRefiner(config.img_size, config.mouth_refiner,
+                                        n_attrs).to(device)
+            self.refiner_critic = MouthCritic(n_attrs=n_attrs).to(device)
+        if config.lambda_clf > 0 or config.mouth_refiner:  # the refiner stage carries it
             self.reader = AttributeReader(config.img_size, train_set.attr_names,
                                           luminance=config.reader_luminance,
                                           critic=config.patch_on_reader).to(device)
@@ -152,8 +171,8 @@ class Trainer:
         seed_rngs(config.seed, rank)  # dropout masks differ between ranks
         self.memory_format = (torch.channels_last if config.channels_last
                               else torch.contiguous_format)
-        parts = [self.model.encoder, self.model.decoder, self.model.latent_discriminator,
-                 *(p for p in (self.reader, self.patch) if p is not None)]
+        extras = [getattr(self, part) for part, _ in _EXTRAS if getattr(self, part) is not None]
+        parts = [self.model.encoder, self.model.decoder, self.model.latent_discriminator, *extras]
         for part in parts:
             part.to(memory_format=self.memory_format)
             if config.compile:
@@ -167,13 +186,13 @@ class Trainer:
         adam = dict(lr=config.lr, betas=config.betas)
         self.ae_optimizer = FlatAdam(self.ae_params, **adam)
         self.dis_optimizer = FlatAdam(self.model.latent_discriminator.parameters(), **adam)
-        self.reader_optimizer = self.patch_optimizer = None
-        if self.reader is not None:
-            self.reader_ddp = self._distributed(self.reader)
-            self.reader_optimizer = FlatAdam(self.reader.parameters(), **adam)
-        if self.patch is not None:
-            self.patch_ddp = self._distributed(self.patch)
-            self.patch_optimizer = FlatAdam(self.patch.parameters(), **adam)
+        for part, optimizer in _EXTRAS:
+            module = getattr(self, part)
+            setattr(self, optimizer, None if module is None
+                    else FlatAdam(module.parameters(), **adam))
+            if module is not None:  # DDP syncs what forward uses: the refiner trains on boxes
+                trained = _Redraw(module) if part == "refiner" else module
+                setattr(self, f"{part}_ddp", self._distributed(trained))
         self.amp_dtype = _AMP_DTYPES.get(config.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.stream = BatchStream(train_set, config.batch_size, config.seed, rank, world_size)
@@ -188,6 +207,10 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor | float]:
         """The updates of one step (module docstring); metrics as 0-d tensors or floats."""
         config = self.config
+        if self.refiner is not None:
+            metrics = self._refiner_update()
+            self.step += 1
+            return metrics
         lam = lambda_at(self.step, config.lambda_lat, config.lambda_ramp_steps)
         ramp = lambda_at(self.step, 1.0, config.lambda_ramp_steps)
         metrics = {"lambda": lam}
@@ -333,6 +356,35 @@ class Trainer:
         self._update(loss, self.patch_optimizer)
         return loss.detach()
 
+    def _refiner_update(self) -> dict[str, torch.Tensor]:
+        """The mouth refiner's step (module docstring)."""
+        images, attrs = self.batch(self._batches_per_step * self.step)
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            decoded = self.model.decode(self.model.encode(images), attrs).float()
+        top, bottom, left, right = refine_box(self.config.img_size)
+        reach = [round(f * self.config.img_size) for f in _REFINE_JITTER]
+        dy, dx = (int(torch.randint(-r, r + 1, ())) for r in reach)
+        rows, cols = slice(top + dy, bottom + dy), slice(left + dx, right + dx)
+        condition, real = decoded[:, :, rows, cols], images[:, :, rows, cols]
+        self.refiner.train()
+        with self._autocast():
+            redrawn = self.refiner_ddp(condition, attrs)
+            logits = self.refiner_critic_ddp(condition.repeat(2, 1, 1, 1),
+                                             torch.cat([real, redrawn.detach()]),
+                                             attrs.repeat(2, 1))
+            critic_loss = hinge_critic_loss(*logits.chunk(2))
+        self._update(critic_loss, self.refiner_critic_optimizer)
+        with _frozen(self.refiner_critic), self._autocast():
+            l1 = F.l1_loss(redrawn.float(), real)
+            adversarial = hinge_generator_loss(self.refiner_critic(condition, redrawn, attrs))
+            loss = self.config.lambda_refiner_l1 * l1 + adversarial
+        self._update(loss, self.refiner_optimizer)
+        self.scaler.update()
+        return {"refiner_l1": l1.detach(), "refiner_adv": adversarial.detach(),
+                "refiner_critic_loss": critic_loss.detach(),
+                "decoded_l1": F.l1_loss(condition, real).detach()}
+
     def _update(self, loss, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -350,8 +402,11 @@ class Trainer:
         self.model.eval()
         if self.reader is not None:
             self.reader.eval()
+        if self.refiner is not None:
+            self.refiner.eval()
         n = min(n_images, len(dataset))
-        squared_error = hits = flip_hits = 0.0
+        squared_error = hits = flip_hits = box_error = refined_error = 0.0
+        top, bottom, left, right = refine_box(self.config.img_size)
         for start in range(0, n, self.config.batch_size):
             stop = min(start + self.config.batch_size, n)
             images, attrs = self._to_device(*dataset.batch(range(start, stop)))
@@ -365,23 +420,38 @@ class Trainer:
                         * len(images)
             squared_error += F.mse_loss(x_hat.float(), images, reduction="sum").item()
             hits += discriminator_accuracy(logits, targets).item() * len(images)
+            if self.refiner is not None:
+                box = (slice(None), slice(None), slice(top, bottom), slice(left, right))
+                refined = self.refiner(x_hat.float(), attrs)
+                box_error += F.l1_loss(x_hat.float()[box], images[box]).item() * len(images)
+                refined_error += F.l1_loss(refined[box], images[box]).item() * len(images)
         result = {"val_recon_mse": squared_error / images[0].numel() / n, "val_dis_acc": hits / n}
         if self.reader is not None:
             result["val_flip_acc"] = flip_hits / n
+        if self.refiner is not None:  # in the refiner's box: the decoder's L1, the refiner's
+            result["val_mouth_l1"] = box_error / n
+            result["val_mouth_l1_refined"] = refined_error / n
         return result
 
     @torch.no_grad()
     def sample_grid(self, dataset: FaceDataset, n_images: int) -> torch.Tensor:
         """``(rows, columns, 3, S, S)``: the first ``n_images`` of ``dataset``, their
-        reconstructions, and their decodings with each attribute flipped."""
+        reconstructions, and their decodings with each attribute flipped (mouths redrawn by the
+        refiner, when one is training)."""
         self.model.eval()
+        refiner = self.refiner.eval() if self.refiner is not None else None
         images, attrs = self._to_device(*dataset.batch(range(min(n_images, len(dataset)))))
         z = self.model.encode(images)
-        columns = [images, self.model.decode(z, attrs)]
+
+        def decode(values):
+            decoded = self.model.decode(z, values)
+            return decoded if refiner is None else refiner(decoded, values)
+
+        columns = [images, decode(attrs)]
         for j in range(attrs.shape[1]):
             flipped = attrs.clone()
             flipped[:, j] = 1 - attribute_targets(attrs[:, j])
-            columns.append(self.model.decode(z, flipped))
+            columns.append(decode(flipped))
         return torch.stack(columns, dim=1).float().cpu()
 
     def state_dict(self) -> dict:
@@ -401,26 +471,33 @@ class Trainer:
             if getattr(self, part) is not None:
                 state[part] = getattr(self, part).state_dict()
                 state[optimizer] = getattr(self, optimizer).state_dict()
-        if self.reader is not None:
-            state["reader_config"] = dict(self.reader.config)
+        for part in ("reader", "refiner"):
+            if getattr(self, part) is not None:
+                state[f"{part}_config"] = dict(getattr(self, part).config)
         return state
 
     def start_from(self, start: ModelFile, discriminator: bool, where: str) -> list[str]:
         """Take the weights of a model file (``--init-from``; ``where`` names it in errors):
         the encoder and decoder, the latent discriminator if ``discriminator`` (the file holds
-        it), the reader if both have one. Returns the parts taken."""
+        it), the reader and the mouth refiner where both have one. Returns the parts taken."""
         state = {k: v for k, v in start.model.state_dict().items()
                  if discriminator or not k.startswith("latent_discriminator.")}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("latent_discriminator.") for k in missing):
             raise ValueError(f"{where} does not fit the model these flags build")
         parts = ["encoder", "decoder", *(["latent discriminator"] if discriminator else [])]
-        if self.reader is not None and start.reader is not None:
-            if dict(start.reader.config) != dict(self.reader.config):
-                raise ValueError(f"{where}: its reader ({dict(start.reader.config)}) is not the "
-                                 f"one these flags build ({dict(self.reader.config)})")
-            self.reader.load_state_dict(start.reader.state_dict())
-            parts.append("reader")
+        if self.refiner is not None and start.reader is None:
+            raise ValueError(f"{where} has no attribute reader; --mouth-refiner refines a model "
+                             "trained with --lambda-clf, whose reader the result keeps")
+        for part, name in (("reader", "reader"), ("refiner", "mouth refiner")):
+            mine, theirs = getattr(self, part), getattr(start, part)
+            if mine is None or theirs is None:
+                continue
+            if dict(theirs.config) != dict(mine.config):
+                raise ValueError(f"{where}: its {name} ({dict(theirs.config)}) is not the one "
+                                 f"these flags build ({dict(mine.config)})")
+            mine.load_state_dict(theirs.state_dict())
+            parts.append(name)
         return parts
 
     def load_state_dict(self, checkpoint: dict) -> None:
@@ -439,6 +516,17 @@ class Trainer:
             warnings.warn(f"--resume: the data order differs from the checkpoint's run "
                           f"({checkpoint['data']} vs now {expected}); training goes on with the "
                           "new order", stacklevel=2)
+
+
+class _Redraw(nn.Module):
+    """``refiner.redraw`` as a module's forward, for DDP."""
+
+    def __init__(self, refiner: MouthRefiner) -> None:
+        super().__init__()
+        self.refiner = refiner
+
+    def forward(self, box: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        return self.refiner.redraw(box, attrs)
 
 
 @contextlib.contextmanager

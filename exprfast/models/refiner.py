@@ -1,0 +1,146 @@
+"""The mouth refiner: a second stage that redraws the mouth of a decoded face with the detail
+(lip lines, teeth) that the decoder's reconstruction loss averages away.
+
+It is pix2pix (Isola et al. 2017) on one box of the face: a small U-Net maps the decoder's
+output inside ``REFINE_BOX``, with the attribute values the face was decoded with as constant
+maps, to that output plus a learned change. It is trained after the Fader model, on its frozen
+reconstructions of the training faces (decoded with their true values), with an L1 loss to the
+real face and a conditional patch critic (hinge loss, spectral norm) that sees the decoded box
+and the values beside the real or redrawn one. The critic on the decoder itself traded the
+smile for texture (docs/SMILES.md); this one never pulls on the decoder.
+
+Why the values: without them the refiner can only guess from the decoded pixels, and an edit's
+pale band is more often closed lips than teeth in the reconstructions it learns from, so it
+closed the edited smiles (docs/SMILES.md, "A mouth refiner").
+
+``MouthRefiner(faces, attrs)`` changes only the box, its change faded out over the box's outer
+``FEATHER`` of the side so no seam shows; ``redraw(box, attrs)`` is the U-Net alone (training
+takes the box at jittered places, so that it works wherever a mouth sits in it).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from ..checks import check_img_size
+
+# (top, bottom, left, right) as fractions of the side: rows 68-116, cols 32-96 of a 128 px face,
+# the mouth region (data.FACE_REGIONS) with a margin; both sides multiples of 8 (three
+# downsamplings) at 64 px and above.
+REFINE_BOX = (0.53125, 0.90625, 0.25, 0.75)
+FEATHER = 6 / 128
+_DEPTH = 3
+
+
+def refine_box(size: int) -> tuple[int, int, int, int]:
+    """``REFINE_BOX`` in pixels of a ``size``-px face: (top, bottom, left, right)."""
+    return tuple(round(f * size) for f in REFINE_BOX)
+
+
+def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The critic's hinge loss: real logits above 1, redrawn ones below -1."""
+    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.float().mean()
+
+
+def _conv(n_in: int, n_out: int, down: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, 4, 2, 1) if down else nn.Conv2d(n_in, n_out, 3, 1, 1)
+
+
+def _with_values(images: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+    """``images`` with one constant map per attribute, ``2 a - 1``, as more channels."""
+    if attrs.dim() != 2 or attrs.shape[0] != images.shape[0]:
+        raise ValueError(f"attrs must have shape ({images.shape[0]}, n_attrs), got "
+                         f"{list(attrs.shape)}")
+    maps = (2 * attrs.to(images.dtype) - 1)[:, :, None, None]
+    return torch.cat([images, maps.expand(-1, -1, *images.shape[2:])], 1)
+
+
+class MouthRefiner(nn.Module):
+    """U-Net (3x3 convs, three 4x4 stride-2 downsamplings, two 3x3 convs at the bottom as a
+    residual block, nearest upsampling + skip concatenation + 3x3 conv back up; LeakyReLU 0.2,
+    no normalisation) whose output conv starts at zero: a fresh refiner changes nothing."""
+
+    def __init__(self, img_size: int = 128, width: int = 24, n_attrs: int = 1) -> None:
+        super().__init__()
+        check_img_size(img_size, minimum=64)
+        for name, value in (("width", width), ("n_attrs", n_attrs)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.config = {"img_size": img_size, "width": width, "n_attrs": n_attrs}
+        self.img_size, self.n_attrs = img_size, n_attrs
+        widths = [width * 2 ** k for k in range(_DEPTH + 1)]  # 1, 2, 4, 8 x width
+        self.stem = _conv(3 + n_attrs, widths[0])
+        self.down = nn.ModuleList(_conv(a, b, down=True) for a, b in zip(widths, widths[1:]))
+        self.middle = nn.ModuleList([_conv(widths[-1], widths[-1]), _conv(widths[-1], widths[-1])])
+        self.up = nn.ModuleList(_conv(widths[k + 1] + widths[k], widths[k])
+                                for k in reversed(range(_DEPTH)))
+        self.out = _conv(widths[0], 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        top, bottom, left, right = refine_box(img_size)
+        self.register_buffer("fade", _fade(bottom - top, right - left,
+                                           max(1, round(FEATHER * img_size))), persistent=False)
+
+    def redraw(self, box: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        """``box`` (N, 3, H, W), H and W multiples of 8, decoded with attribute values
+        ``attrs`` (N, n_attrs), plus the refiner's change."""
+        h = F.leaky_relu(self.stem(_with_values(box, attrs)), 0.2)
+        skips = []
+        for conv in self.down:
+            skips.append(h)
+            h = F.leaky_relu(conv(h), 0.2)
+        h = h + self.middle[1](F.leaky_relu(self.middle[0](h), 0.2))
+        for conv, skip in zip(self.up, reversed(skips)):
+            h = torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], 1)
+            h = F.leaky_relu(conv(h), 0.2)
+        return box + self.out(h)
+
+    def forward(self, faces: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        """Decoded ``(N, 3, img_size, img_size)`` faces with their ``REFINE_BOX`` redrawn;
+        ``attrs``: the ``(N, n_attrs)`` values they were decoded with."""
+        if faces.dim() != 4 or tuple(faces.shape[1:]) != (3, self.img_size, self.img_size):
+            raise ValueError(f"faces must have shape (N, 3, {self.img_size}, {self.img_size}), "
+                             f"got {list(faces.shape)}")
+        if attrs.dim() != 2 or attrs.shape != (faces.shape[0], self.n_attrs):
+            raise ValueError(f"attrs must have shape ({faces.shape[0]}, {self.n_attrs}), got "
+                             f"{list(attrs.shape)}")
+        top, bottom, left, right = refine_box(self.img_size)
+        box = faces[:, :, top:bottom, left:right]
+        change = (self.redraw(box, attrs) - box) * self.fade.to(faces.dtype)
+        return faces + F.pad(change, (left, self.img_size - right, top, self.img_size - bottom))
+
+
+def _fade(height: int, width: int, ramp: int) -> torch.Tensor:
+    """(1, 1, height, width): 1 inside, falling linearly to 1/ramp at the outermost pixels."""
+    def edge(n):
+        i = torch.arange(n)
+        return torch.minimum(i + 1, n - i).clamp(max=ramp).float() / ramp
+    return (edge(height)[:, None] * edge(width)[None, :])[None, None]
+
+
+class MouthCritic(nn.Module):
+    """Conditional PatchGAN critic of the refiner: the decoded box, a candidate (real or
+    redrawn) and the attribute values' maps as 6 + n_attrs channels, three
+    spectral-normalised 4x4 stride-2 convs (LeakyReLU 0.2), a 3x3 conv to one logit per
+    patch."""
+
+    def __init__(self, width: int = 32, n_attrs: int = 1) -> None:
+        super().__init__()
+        self.config = {"width": width, "n_attrs": n_attrs}
+        layers, n_in = [], 6 + n_attrs
+        for k in range(3):
+            layers += [spectral_norm(_conv(n_in, width * 2 ** k, down=True)),
+                       nn.LeakyReLU(0.2)]
+            n_in = width * 2 ** k
+        layers.append(spectral_norm(_conv(n_in, 1)))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, decoded: torch.Tensor, candidate: torch.Tensor,
+                attrs: torch.Tensor) -> torch.Tensor:
+        return self.layers(_with_values(torch.cat([decoded, candidate], 1), attrs))

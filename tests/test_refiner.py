@@ -1,0 +1,244 @@
+"""The mouth refiner (``models.refiner``): its box and fade, its training stage on a frozen model
+(what changes, exact resume, refused flags), model files that carry it, and edits that use it."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, make_celebahq
+from exprfast import checkpoints, editing, evaluation, models, training
+from exprfast.cli import main as cli_main
+from exprfast.models import MouthCritic, MouthRefiner, refine_box
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def faces64(tmp_path_factory):
+    return make_celebahq(tmp_path_factory.mktemp("celebahq64"), n=40, size=64)
+
+
+@pytest.fixture(scope="module")
+def trained64(faces64, cache_dir, tmp_path_factory):
+    """A tiny 64 px model file with an attribute reader (two steps of the recipe with the
+    classifier loss)."""
+    run = tmp_path_factory.mktemp("base")
+    result = training.train(config(faces64, run, cache_dir, mouth_refiner=0, init_from=None,
+                                   steps=2, lambda_clf=0.05))
+    path = run / "model.pt"
+    assert cli_main(["export", result["checkpoint"], "-o", str(path), "--float32"]) == 0
+    return path
+
+
+def config(data_root, run_dir, cache_dir, **changes):
+    settings = dict(
+        data_root=data_root, run_dir=run_dir, cache_dir=cache_dir, img_size=64, batch_size=4,
+        attrs=("Smiling",), steps=3, model_overrides=TINY, log_every=1, val_every=2,
+        sample_every=2, checkpoint_every=100, val_images=4, sample_images=2, progress=False,
+        mouth_refiner=4,
+    )
+    return training.TrainConfig(**{**settings, **changes})
+
+
+def trained_refiner(img_size=64, seed=0, n_attrs=1):
+    """A refiner whose output conv is no longer zero, so that it changes faces."""
+    torch.manual_seed(seed)
+    refiner = MouthRefiner(img_size, width=4, n_attrs=n_attrs)
+    torch.nn.init.normal_(refiner.out.weight, std=0.1)
+    torch.nn.init.normal_(refiner.out.bias, std=0.1)
+    return refiner.eval()
+
+
+def test_refine_box_is_the_mouth_with_sides_that_three_downsamplings_divide():
+    assert refine_box(128) == (68, 116, 32, 96)
+    for size in (64, 128, 256, 512):
+        top, bottom, left, right = refine_box(size)
+        assert (bottom - top) % 8 == 0 and (right - left) % 8 == 0, size
+    with pytest.raises(ValueError, match="img_size must be a power of two >= 64"):
+        MouthRefiner(32)
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        MouthRefiner(64, width=0)
+
+
+def test_a_fresh_refiner_changes_nothing_and_a_trained_one_only_its_box():
+    faces = torch.rand(2, 3, 64, 64) * 2 - 1
+    values = torch.tensor([[0.0], [1.0]])
+    assert torch.equal(MouthRefiner(64, width=4)(faces, values), faces)
+    refiner = trained_refiner()
+    with torch.no_grad():
+        out = refiner(faces, values)
+    top, bottom, left, right = refine_box(64)
+    outside = torch.ones(64, 64, dtype=torch.bool)
+    outside[top:bottom, left:right] = False
+    assert torch.equal(out[:, :, outside], faces[:, :, outside])
+    change = out - faces
+    box = change[:, :, top:bottom, left:right]
+    # the full change inside; faded towards the box's edge, never cut off by a seam
+    middle = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    box_in = faces[:, :, top:bottom, left:right]
+    redrawn = refiner.redraw(box_in, values) - box_in
+    assert torch.allclose(box[middle], redrawn.detach()[middle], atol=1e-6)
+    assert box[:, :, 0].abs().max() < box[middle].abs().max()
+    with torch.no_grad():  # the values are an input: another value, another mouth
+        assert not torch.equal(refiner(faces, 1 - values), out)
+    with pytest.raises(ValueError, match=r"faces must have shape \(N, 3, 64, 64\)"):
+        refiner(torch.zeros(1, 3, 128, 128), values[:1])
+    with pytest.raises(ValueError, match=r"attrs must have shape \(2, 1\)"):
+        refiner(faces, torch.zeros(2, 2))
+
+
+def test_the_critic_reads_a_box_beside_its_decoding():
+    critic = MouthCritic(width=8, n_attrs=2)
+    logits = critic(torch.zeros(2, 3, 24, 32), torch.zeros(2, 3, 24, 32), torch.zeros(2, 2))
+    assert logits.shape == (2, 1, 3, 4)
+
+
+def test_the_refiner_stage_trains_the_refiner_alone_and_resumes_exactly(faces64, cache_dir,
+                                                                      trained64, tmp_path):
+    straight = training.train(config(faces64, tmp_path / "a", cache_dir, init_from=trained64,
+                                     steps=4))
+    for key in ("refiner_l1", "refiner_adv", "refiner_critic_loss", "decoded_l1",
+                "val_mouth_l1", "val_mouth_l1_refined"):
+        assert torch.isfinite(torch.tensor(straight[key])), key
+    a = checkpoints.load_checkpoint(straight["checkpoint"])
+    start = checkpoints.load_model(trained64)
+    for name, tensor in a["model"].items():  # the model is frozen, BatchNorm statistics too
+        if not name.startswith("latent_discriminator."):
+            assert torch.equal(tensor, start.model.state_dict()[name]), name
+    for name, tensor in a["reader"].items():  # and its reader travels on, unchanged
+        assert torch.equal(tensor, start.reader.state_dict()[name]), name
+    assert not torch.equal(a["refiner"]["out.weight"], torch.zeros_like(a["refiner"]["out.weight"]))
+    assert a["refiner_config"] == {"img_size": 64, "width": 4, "n_attrs": 1}
+
+    training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64, steps=2))
+    resumed = training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
+                                    steps=4, resume="auto"))
+    b = checkpoints.load_checkpoint(resumed["checkpoint"])
+    for part in ("refiner", "refiner_critic"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+
+    with pytest.raises(ValueError, match="the run's refiner has width 4, not --mouth-refiner 8"):
+        training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
+                              steps=5, mouth_refiner=8, resume="auto"))
+    with pytest.raises(ValueError, match="the run was trained with --mouth-refiner"):
+        training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
+                              steps=5, mouth_refiner=0, resume="auto"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"init_from": None}, "--init-from must name the trained model"),
+    ({"lambda_clf": 0.05}, "--lambda-clf must be 0 with --mouth-refiner"),
+    ({"lambda_patch": 0.01}, "--lambda-patch must be 0 with --mouth-refiner"),
+    ({"mouth_refiner": -1}, "--mouth-refiner must be an integer >= 0"),
+    ({"lambda_refiner_l1": -1.0}, "--lambda-refiner-l1 must be a number >= 0"),
+    ({"img_size": 32}, "--img-size must be 64 or more with --mouth-refiner"),
+])
+def test_refiner_flags_are_checked(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, tmp_path / "run", tmp_path / "cache",
+               **{"init_from": tmp_path / "model.pt", **changes})
+
+
+def test_model_files_carry_the_refiner_and_edits_use_it(trained64, tmp_path):
+    loaded = checkpoints.load_model(trained64)
+    assert loaded.refiner is None
+    refiner = trained_refiner()
+    path = tmp_path / "refined.pt"
+    checkpoints.save_model(loaded.model, path, loaded.meta, half=False, reader=loaded.reader,
+                           refiner=refiner)
+    again = checkpoints.load_model(path)
+    for name, tensor in refiner.state_dict().items():
+        assert torch.equal(tensor, again.refiner.state_dict()[name]), name
+
+    plain, refined = editing.load(trained64), editing.load(path)
+    faces = torch.rand(3, 3, 64, 64) * 2 - 1
+    z = plain.model.encode(faces)
+    values = torch.tensor([[0.0], [1.0], [0.5]])
+    with torch.no_grad():
+        expected = refiner(plain.model.decode(z, values), values)
+    assert torch.allclose(refined.decode(z, values), expected, atol=1e-6)
+    edited = refined.edit(faces, {"Smiling": 1.0}, current={"Smiling": 0.0})  # "replace"
+    with torch.no_grad():
+        smiles = refiner(plain.model.decode(z, torch.ones(3, 1)), torch.ones(3, 1))
+    assert torch.allclose(edited, smiles, atol=1e-6)
+    refined.refiner = None  # the decoder's own mouths again
+    assert torch.equal(refined.edit(faces, {"Smiling": 1.0}, current={"Smiling": 0.0}),
+                       plain.edit(faces, {"Smiling": 1.0}, current={"Smiling": 0.0}))
+
+    other = tmp_path / "other.pt"
+    checkpoints.save_model(loaded.model, other, refiner=MouthRefiner(128, width=4))
+    with pytest.raises(ValueError, match="its mouth refiner is for 128 px faces with 1 attr"):
+        checkpoints.load_model(other)
+
+
+def test_exprfast_edit_uses_the_refiner_unless_told_not_to(tmp_path):
+    pytest.importorskip("cv2", reason="exprfast.editing.faces needs opencv-python-headless<5")
+    torch.manual_seed(0)
+    model = models.build("paper", 64, ["Smiling"], **TINY).eval()
+    plain, refined = tmp_path / "plain.pt", tmp_path / "refined.pt"
+    checkpoints.save_model(model, plain, half=False)
+    checkpoints.save_model(model, refined, half=False, refiner=trained_refiner())
+    photo = editing.SAMPLE_PHOTOS[0]
+    outputs = {}
+    for name, model_path, extra in (("plain", plain, []), ("refined", refined, []),
+                                    ("off", refined, ["--no-refiner"])):
+        outputs[name] = tmp_path / f"{name}.png"
+        assert cli_main(["edit", str(photo), "--set", "Smiling=1", "-o", str(outputs[name]),
+                         "--model", str(model_path), "--paste", "replace", *extra]) == 0
+    pixels = {name: torch.from_numpy(np.asarray(Image.open(path)).copy())
+              for name, path in outputs.items()}
+    assert torch.equal(pixels["off"], pixels["plain"])
+    assert not torch.equal(pixels["refined"], pixels["plain"])
+
+
+def test_evaluation_scores_the_refined_decodings():
+    from test_evaluate import PaintingModel, RowReader, TensorFaces, balanced_labels, painted_faces
+
+    labels = balanced_labels(8)
+    faces = TensorFaces(painted_faces(labels, img_size=64), labels)
+    model = PaintingModel(["Smiling", "Male"], img_size=64)  # paints rows 0 and 1: no mouth
+    judge = RowReader(["Smiling", "Male"], rows=[0, 1], img_size=64)
+    plain = evaluation.evaluate_dataset(model, judge, faces)
+    assert math.isinf(plain["psnr"]) and plain["mouth_detail"] == 1.0 and not plain["refiner"]
+    fresh = evaluation.evaluate_dataset(model, judge, faces,
+                                        refiner=MouthRefiner(64, width=4, n_attrs=2))
+    assert fresh["refiner"] and math.isinf(fresh["psnr"]) and fresh["mouth_detail"] == 1.0
+    refined = evaluation.evaluate_dataset(model, judge, faces,
+                                          refiner=trained_refiner(n_attrs=2))
+    assert math.isfinite(refined["psnr"]) and refined["mouth_detail"] != 1.0
+    assert refined["swap_accuracy_mean"] == plain["swap_accuracy_mean"] == 1.0
+
+
+def test_exported_refiners_travel_and_a_new_stage_starts_from_them(faces64, cache_dir, trained64,
+                                                                  tmp_path):
+    result = training.train(config(faces64, tmp_path / "run", cache_dir, init_from=trained64,
+                                   steps=2))
+    exported = tmp_path / "refined.pt"
+    assert cli_main(["export", result["checkpoint"], "-o", str(exported), "--float32"]) == 0
+    loaded = checkpoints.load_model(exported)
+    trained = checkpoints.load_checkpoint(result["checkpoint"])["refiner"]
+    for name, tensor in loaded.refiner.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+
+    again = config(faces64, tmp_path / "again", cache_dir, init_from=exported)
+    train_set, _ = training.open_datasets(again)
+    trainer = training.Trainer(again, train_set, torch.device("cpu"))
+    assert trainer.start_from(loaded, False, "x") == ["encoder", "decoder", "reader",
+                                                      "mouth refiner"]
+    assert loaded.reader is not None  # exported with the reader it started from
+    wider = config(faces64, tmp_path / "wider", cache_dir, init_from=exported, mouth_refiner=8)
+    trainer = training.Trainer(wider, train_set, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"x: its mouth refiner \(.*'width': 4, .*\) is not"):
+        trainer.start_from(loaded, False, "x")
+
+
+def test_the_refiner_stage_needs_a_model_file_with_a_reader(faces64, cache_dir, trained64,
+                                                            tmp_path):
+    loaded = checkpoints.load_model(trained64)
+    readerless = tmp_path / "readerless.pt"
+    checkpoints.save_model(loaded.model, readerless, half=False)
+    with pytest.raises(ValueError, match="readerless.pt has no attribute reader; --mouth-refiner"):
+        training.train(config(faces64, tmp_path / "run", cache_dir, init_from=readerless))
