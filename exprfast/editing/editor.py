@@ -30,8 +30,9 @@ taken off); a change of nothing returns the input exactly as well.
 
 **The mouth refiner.** With a model file that carries one (``models.MouthRefiner``, trained with
 ``--mouth-refiner``), every decoding an edit uses (``Editor.decode``) has its mouth redrawn by
-it first: the decoder's soft mouth with lip lines and teeth drawn in. ``editor.refiner = None``
-(``exprfast edit --no-refiner``) shows the decoder's own.
+it first: the decoder's soft mouth with lip lines and teeth drawn in (measured on the bundled
+model: five times the detail, but weaker edits; docs/SMILES.md, "A mouth refiner").
+``editor.refiner = None`` (``exprfast edit --no-refiner``) shows the decoder's own.
 """
 from __future__ import annotations
 
