@@ -145,11 +145,11 @@ def load_model(path: str | os.PathLike | None = None) -> ModelFile:
     model = _rebuild(path, build, payload, optional=_DISCRIMINATOR)
     reader, refiner = (None if payload.get(name) is None else _rebuild(path, kind, payload[name])
                        for name, kind in (("reader", AttributeReader), ("refiner", MouthRefiner)))
-    if refiner is not None and (refiner.img_size, refiner.n_attrs) != (model.img_size,
-                                                                        len(model.attrs)):
-        raise ValueError(f"{path} does not hold a valid model: its mouth refiner is for "
-                         f"{refiner.img_size} px faces with {refiner.n_attrs} attributes, its "
-                         f"model for {model.img_size} px with {len(model.attrs)}")
+    if refiner is not None:
+        try:
+            refiner.check_fits(model)
+        except ValueError as error:
+            raise ValueError(f"{path} does not hold a valid model: {error}") from None
     meta = payload.get("meta")
     return ModelFile(model, reader, meta if isinstance(meta, dict) else {}, refiner)
 

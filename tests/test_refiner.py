@@ -170,8 +170,11 @@ def test_model_files_carry_the_refiner_and_edits_use_it(trained64, tmp_path):
 
     other = tmp_path / "other.pt"
     checkpoints.save_model(loaded.model, other, refiner=MouthRefiner(128, width=4))
-    with pytest.raises(ValueError, match="its mouth refiner is for 128 px faces with 1 attr"):
+    with pytest.raises(ValueError, match="other.pt does not hold a valid model: the mouth "
+                                         "refiner is for 128 px faces with 1 attr"):
         checkpoints.load_model(other)
+    with pytest.raises(ValueError, match="the mouth refiner is for 128 px faces with 1 attr"):
+        editing.Editor(loaded.model, refiner=MouthRefiner(128, width=4))
 
 
 def test_exprfast_edit_uses_the_refiner_unless_told_not_to(tmp_path):

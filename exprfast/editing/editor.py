@@ -95,12 +95,9 @@ class Editor:
                                    or reader.img_size != model.img_size):
             raise ValueError(f"the reader reads {list(reader.attrs)} at {reader.img_size} px but "
                              f"the model has {list(model.attrs)} at {model.img_size} px")
+        if refiner is not None:
+            refiner.check_fits(model)
         self.refiner = None if refiner is None else refiner.to(self.device).eval()
-        if refiner is not None and (refiner.img_size != model.img_size
-                                    or refiner.n_attrs != len(model.attrs)):
-            raise ValueError(f"the refiner redraws {refiner.img_size} px faces with "
-                             f"{refiner.n_attrs} attributes but the model decodes "
-                             f"{model.img_size} px ones with {len(model.attrs)}")
         self.meta = dict(meta or {})
         self.attrs = tuple(model.attrs)
         self.img_size = int(model.img_size)

@@ -87,6 +87,14 @@ class MouthRefiner(nn.Module):
         self.register_buffer("fade", _fade(bottom - top, right - left,
                                            max(1, round(FEATHER * img_size))), persistent=False)
 
+    def check_fits(self, model: nn.Module) -> None:
+        """ValueError unless this refiner redraws the faces ``model`` decodes (its side and
+        number of attributes)."""
+        if (self.img_size, self.n_attrs) != (model.img_size, len(model.attrs)):
+            raise ValueError(f"the mouth refiner is for {self.img_size} px faces with "
+                             f"{self.n_attrs} attributes, the model for {model.img_size} px "
+                             f"with {len(model.attrs)}")
+
     def redraw(self, box: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         """``box`` (N, 3, H, W), H and W multiples of 8, decoded with attribute values
         ``attrs`` (N, n_attrs), plus the refiner's change."""
