@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import TINY, make_celebahq
 from exprfast import checkpoints, editing, evaluation, models, training
 from exprfast.cli import main as cli_main
-from exprfast.models import MouthCritic, MouthRefiner, refine_box
+from exprfast.models import MouthCritic, MouthReader, MouthRefiner, refine_box
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,13 +95,39 @@ def test_the_critic_reads_a_box_beside_its_decoding():
     assert logits.shape == (2, 1, 3, 4)
 
 
+def test_the_mouth_reader_reads_a_blurred_box():
+    """Its blur keeps a box's shape (smooth content, its mean) and removes fine texture such as
+    the grids a refiner drew to please a reader of the sharp box."""
+    reader = MouthReader(128, width=8, n_attrs=2).eval()
+    assert reader(torch.zeros(3, 3, 48, 64)).shape == (3, 2, 2)
+    flat = torch.full((1, 3, 48, 64), 0.3)
+    assert torch.allclose(reader.blur(flat), flat)
+    rows = torch.linspace(-1, 1, 48)[:, None].expand(48, 64)
+    shape = torch.stack([rows, -rows, torch.cos(math.pi / 2 * rows)])[None]  # over tens of px
+    grid = torch.zeros(48, 64)
+    grid[::2] += 0.5
+    grid[:, ::2] += 0.5
+    inside = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    assert (reader.blur(shape) - shape)[inside].abs().max() < 0.02
+    blurred_grid = reader.blur(grid.expand(1, 3, 48, 64))[inside]
+    assert (blurred_grid - grid.mean()).abs().max() < 0.01  # the grid is gone, its mean kept
+
+
+@pytest.mark.parametrize("lambda_refiner_clf", [0.0, 1.0])
 def test_the_refiner_stage_trains_the_refiner_alone_and_resumes_exactly(faces64, cache_dir,
-                                                                      trained64, tmp_path):
-    straight = training.train(config(faces64, tmp_path / "a", cache_dir, init_from=trained64,
-                                     steps=4))
-    for key in ("refiner_l1", "refiner_adv", "refiner_critic_loss", "decoded_l1",
-                "val_mouth_l1", "val_mouth_l1_refined"):
+                                                                      trained64, tmp_path,
+                                                                      lambda_refiner_clf):
+    def config_(run, **changes):
+        return config(faces64, tmp_path / run, cache_dir, init_from=trained64,
+                      lambda_refiner_clf=lambda_refiner_clf, **changes)
+
+    straight = training.train(config_("a", steps=4))
+    keys = ["refiner_l1", "refiner_adv", "refiner_critic_loss", "decoded_l1", "val_mouth_l1",
+            "val_mouth_l1_refined", "val_flip_acc"]
+    edit_keys = ["refiner_clf_loss", "refiner_flip_acc", "mouth_reader_loss"]  # only when asked
+    for key in keys + edit_keys * bool(lambda_refiner_clf):
         assert torch.isfinite(torch.tensor(straight[key])), key
+    assert lambda_refiner_clf or not any(key in straight for key in edit_keys)
     a = checkpoints.load_checkpoint(straight["checkpoint"])
     start = checkpoints.load_model(trained64)
     for name, tensor in a["model"].items():  # the model is frozen, BatchNorm statistics too
@@ -112,20 +138,32 @@ def test_the_refiner_stage_trains_the_refiner_alone_and_resumes_exactly(faces64,
     assert not torch.equal(a["refiner"]["out.weight"], torch.zeros_like(a["refiner"]["out.weight"]))
     assert a["refiner_config"] == {"img_size": 64, "width": 4, "n_attrs": 1}
 
-    training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64, steps=2))
-    resumed = training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
-                                    steps=4, resume="auto"))
+    training.train(config_("b", steps=2))
+    resumed = training.train(config_("b", steps=4, resume="auto"))
     b = checkpoints.load_checkpoint(resumed["checkpoint"])
-    for part in ("refiner", "refiner_critic"):
+    for part in ("refiner", "refiner_critic", "mouth_reader")[:3 if lambda_refiner_clf else 2]:
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), (part, name)
 
     with pytest.raises(ValueError, match="the run's refiner has width 4, not --mouth-refiner 8"):
-        training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
-                              steps=5, mouth_refiner=8, resume="auto"))
+        training.train(config_("b", steps=5, mouth_refiner=8, resume="auto"))
     with pytest.raises(ValueError, match="the run was trained with --mouth-refiner"):
         training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
                               steps=5, mouth_refiner=0, resume="auto"))
+    wrong = 1.0 - lambda_refiner_clf  # the mouth reader is there or not, as in the run
+    with pytest.raises(ValueError, match="the run was trained with"
+                                         f"{'out' * bool(wrong)} --lambda-refiner-clf"):
+        training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
+                              steps=5, lambda_refiner_clf=wrong, resume="auto"))
+
+
+def test_refining_edits_changes_what_the_refiner_learns(faces64, cache_dir, trained64, tmp_path):
+    """The same seed and batches: the edits' terms are the only difference."""
+    runs = [training.train(config(faces64, tmp_path / str(weight), cache_dir, steps=2,
+                                  init_from=trained64, lambda_refiner_clf=weight))
+            for weight in (0.0, 10.0)]
+    plain, edits = (checkpoints.load_checkpoint(run["checkpoint"])["refiner"] for run in runs)
+    assert not torch.equal(plain["stem.weight"], edits["stem.weight"])
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -134,6 +172,8 @@ def test_the_refiner_stage_trains_the_refiner_alone_and_resumes_exactly(faces64,
     ({"lambda_patch": 0.01}, "--lambda-patch must be 0 with --mouth-refiner"),
     ({"mouth_refiner": -1}, "--mouth-refiner must be an integer >= 0"),
     ({"lambda_refiner_l1": -1.0}, "--lambda-refiner-l1 must be a number >= 0"),
+    ({"lambda_refiner_clf": -1.0}, "--lambda-refiner-clf must be a number >= 0"),
+    ({"lambda_refiner_clf": 1.0, "mouth_refiner": 0}, "--lambda-refiner-clf needs --mouth-refiner"),
     ({"img_size": 32}, "--img-size must be 64 or more with --mouth-refiner"),
 ])
 def test_refiner_flags_are_checked(tmp_path, changes, message):

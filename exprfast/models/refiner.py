@@ -19,6 +19,8 @@ takes the box at jittered places, so that it works wherever a mouth sits in it).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,7 @@ from ..checks import check_img_size
 # downsamplings) at 64 px and above.
 REFINE_BOX = (0.53125, 0.90625, 0.25, 0.75)
 FEATHER = 6 / 128
+BLUR_SIGMA = 2 / 128  # of the MouthReader's blur: 2 px at 128 px
 _DEPTH = 3
 
 
@@ -132,23 +135,62 @@ def _fade(height: int, width: int, ramp: int) -> torch.Tensor:
     return (edge(height)[:, None] * edge(width)[None, :])[None, None]
 
 
+def _trunk(n_in: int, width: int, wrap=lambda conv: conv, norm: bool = False) -> list[nn.Module]:
+    """Three ``wrap``ped 4x4 stride-2 convs (widths 1, 2, 4 x ``width``), LeakyReLU 0.2; with
+    ``norm``, BatchNorm after all but the first."""
+    layers = []
+    for k in range(3):
+        n_out = width * 2 ** k
+        layers += [wrap(_conv(n_in, n_out, down=True)),
+                   *([nn.BatchNorm2d(n_out)] if norm and k else []), nn.LeakyReLU(0.2)]
+        n_in = n_out
+    return layers
+
+
 class MouthCritic(nn.Module):
     """Conditional PatchGAN critic of the refiner: the decoded box, a candidate (real or
-    redrawn) and the attribute values' maps as 6 + n_attrs channels, three
-    spectral-normalised 4x4 stride-2 convs (LeakyReLU 0.2), a 3x3 conv to one logit per
-    patch."""
+    redrawn) and the attribute values' maps as 6 + n_attrs channels, a spectral-normalised
+    ``_trunk`` and a 3x3 conv to one logit per patch."""
 
     def __init__(self, width: int = 32, n_attrs: int = 1) -> None:
         super().__init__()
         self.config = {"width": width, "n_attrs": n_attrs}
-        layers, n_in = [], 6 + n_attrs
-        for k in range(3):
-            layers += [spectral_norm(_conv(n_in, width * 2 ** k, down=True)),
-                       nn.LeakyReLU(0.2)]
-            n_in = width * 2 ** k
-        layers.append(spectral_norm(_conv(n_in, 1)))
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(*_trunk(6 + n_attrs, width, spectral_norm),
+                                    spectral_norm(_conv(4 * width, 1)))
 
     def forward(self, decoded: torch.Tensor, candidate: torch.Tensor,
                 attrs: torch.Tensor) -> torch.Tensor:
         return self.layers(_with_values(torch.cat([decoded, candidate], 1), attrs))
+
+
+class MouthReader(nn.Module):
+    """The attributes read from a box alone: a fixed Gaussian blur (``BLUR_SIGMA`` of the side),
+    ``_trunk`` with BatchNorm, global average pooling, a linear layer to ``(N, n_attrs, 2)``
+    logits (``classifier_loss``'s). The refiner stage trains it on the real faces' boxes; the
+    whole-face reader is no judge of a redrawn mouth, since the rest of an edited face already
+    shows the edit (docs/SMILES.md). Why the blur: a reader of the sharp box was pleased by
+    faint grids and white speckles, textures that a blur removes, so that only the mouth's
+    shape (its corners, a band of teeth) can carry the attribute. The BatchNorm is the
+    ``AttributeReader``'s defence against coloured stripes."""
+
+    def __init__(self, img_size: int = 128, width: int = 32, n_attrs: int = 1) -> None:
+        super().__init__()
+        self.config = {"img_size": img_size, "width": width, "n_attrs": n_attrs}
+        sigma = BLUR_SIGMA * img_size
+        radius = math.ceil(2 * sigma)
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1) / sigma) ** 2)
+        self.register_buffer("taps", taps / taps.sum(), persistent=False)
+        self.trunk = nn.Sequential(*_trunk(3, width, norm=True))
+        self.head = nn.Linear(4 * width, 2 * n_attrs)
+
+    def blur(self, box: torch.Tensor) -> torch.Tensor:
+        """``box`` (N, C, H, W) blurred by the separable Gaussian, edges replicated."""
+        radius, channels = len(self.taps) // 2, box.shape[1]
+        taps = self.taps.to(box.dtype)
+        x = F.pad(box, (radius,) * 4, mode="replicate")
+        x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+        return F.conv2d(x, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+    def forward(self, box: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(self.blur(box)).mean((2, 3))
+        return self.head(features).view(len(box), -1, 2)

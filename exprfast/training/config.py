@@ -59,6 +59,7 @@ class TrainConfig:
     # second stage: train only a mouth refiner on the frozen --init-from model (0 = off)
     mouth_refiner: int = 0
     lambda_refiner_l1: float = 100.0
+    lambda_refiner_clf: float = 0.0
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -138,6 +139,10 @@ class TrainConfig:
                 "must be an integer >= 0 (the refiner's width; 0: no refiner)")
         require(is_number(self.lambda_refiner_l1) and self.lambda_refiner_l1 >= 0,
                 "lambda_refiner_l1", "must be a number >= 0")
+        require(is_number(self.lambda_refiner_clf) and self.lambda_refiner_clf >= 0,
+                "lambda_refiner_clf", "must be a number >= 0")
+        require(self.lambda_refiner_clf == 0 or self.mouth_refiner > 0, "lambda_refiner_clf",
+                "needs --mouth-refiner (it weighs a loss of the refiner stage)")
         if self.mouth_refiner:
             require(self.init_from is not None, "init_from",
                     "must name the trained model whose mouths --mouth-refiner learns to redraw")
@@ -274,6 +279,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refine.add_argument("--lambda-refiner-l1", type=float, default=d.lambda_refiner_l1,
                         help="weight of the refiner's L1 loss against the critic's hinge loss "
                              "(default %(default)s, pix2pix's)")
+    refine.add_argument("--lambda-refiner-clf", type=float, default=d.lambda_refiner_clf,
+                        help="also refine, every step, the batch's decodings with each "
+                             "attribute flipped, judged by the critic and, with this weight, "
+                             "by a mouth reader trained alongside on the real boxes: edits "
+                             "the refiner must not undo (default 0: reconstructions only)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
@@ -429,6 +439,8 @@ def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
     separate_patch = config.lambda_patch > 0 and not config.patch_on_reader
     carries_reader = config.lambda_clf > 0 or config.mouth_refiner > 0
     for part, option, wanted in (("refiner", "mouth_refiner", config.mouth_refiner > 0),
+                                 ("mouth_reader", "lambda_refiner_clf",
+                                  config.lambda_refiner_clf > 0),
                                  ("reader", "lambda_clf", carries_reader),
                                  ("patch", "lambda_patch", separate_patch)):
         if wanted != (part in checkpoint):

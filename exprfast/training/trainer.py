@@ -52,6 +52,15 @@ one random place near ``refine_box`` (the same for the batch), updates the condi
 (hinge loss: real box against the detached redrawn one, each beside the decoded box and the
 true values), then the refiner (given the decoded box and the true values):
 ``lambda_refiner_l1 * L1(redrawn, real) + hinge_generator_loss`` against the updated critic.
+Trained on reconstructions alone, it learns mouths that match the values of real faces, and
+weakened the edits (docs/SMILES.md). ``lambda_refiner_clf`` trains it on edits as well: the
+same latents are also decoded with every attribute flipped, and the refiner redraws those
+boxes too, with no real face to match. The critic learns them as fakes as well (AttGAN's
+discriminator sees the edits), and ``lambda_refiner_clf * CE(mouth_reader(redrawn box),
+values)`` asks every redrawn box, edit or reconstruction, to read as its values: the
+``MouthReader`` learns the attributes from the real boxes, updated every step before the
+refiner (AttGAN's classifier, on the box). A critic that saw only reconstructions let the
+refiner please the reader with white speckles and stripes (docs/SMILES.md).
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
@@ -71,9 +80,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION, ModelFile
 from ..data import FaceDataset, crop_region
-from ..models import (AttributeReader, MouthCritic, MouthRefiner, PatchDiscriminator, build,
-                      classifier_loss, critic_loss, hinge_critic_loss, hinge_generator_loss,
-                      least_squares_loss, refine_box)
+from ..models import (AttributeReader, MouthCritic, MouthReader, MouthRefiner,
+                      PatchDiscriminator, build, classifier_loss, critic_loss, hinge_critic_loss,
+                      hinge_generator_loss, least_squares_loss, refine_box)
 from .config import TrainConfig, check_resumable
 from .optim import FlatAdam
 from .stream import BatchStream, seed_rngs
@@ -81,7 +90,8 @@ from .stream import BatchStream, seed_rngs
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Optional parts: (attribute, optimizer attribute) saved in checkpoints when present.
 _EXTRAS = (("reader", "reader_optimizer"), ("patch", "patch_optimizer"),
-           ("refiner", "refiner_optimizer"), ("refiner_critic", "refiner_critic_optimizer"))
+           ("refiner", "refiner_optimizer"), ("refiner_critic", "refiner_critic_optimizer"),
+           ("mouth_reader", "mouth_reader_optimizer"))
 # How far (fractions of the side) the refiner's training box moves from refine_box, down and
 # across: about where mouths sit in the aligned faces.
 _REFINE_JITTER = (4 / 128, 8 / 128)
@@ -157,11 +167,14 @@ class Trainer:
         self.model = build(config.preset, config.img_size, train_set.attr_names,
                            **config.model_overrides).to(device)
         self.reader = self.patch = self.refiner = self.refiner_critic = None
+        self.mouth_reader = None
         if config.mouth_refiner:
             n_attrs = len(train_set.attr_names)
             self.refiner = MouthRefiner(config.img_size, config.mouth_refiner,
                                         n_attrs).to(device)
             self.refiner_critic = MouthCritic(n_attrs=n_attrs).to(device)
+            if config.lambda_refiner_clf > 0:
+                self.mouth_reader = MouthReader(config.img_size, n_attrs=n_attrs).to(device)
         if config.lambda_clf > 0 or config.mouth_refiner:  # the refiner stage carries it
             self.reader = AttributeReader(config.img_size, train_set.attr_names,
                                           luminance=config.reader_luminance,
@@ -359,31 +372,52 @@ class Trainer:
     def _refiner_update(self) -> dict[str, torch.Tensor]:
         """The mouth refiner's step (module docstring)."""
         images, attrs = self.batch(self._batches_per_step * self.step)
+        edits = self.config.lambda_refiner_clf > 0
+        flipped = 1 - attribute_targets(attrs)
+        values = torch.cat([attrs, flipped.to(attrs.dtype)]) if edits else attrs
         self.model.eval()
         with torch.no_grad(), self._autocast():
-            decoded = self.model.decode(self.model.encode(images), attrs).float()
-        top, bottom, left, right = refine_box(self.config.img_size)
-        reach = [round(f * self.config.img_size) for f in _REFINE_JITTER]
+            z = self.model.encode(images)
+            decoded = (torch.cat(self.model.decode_many(z, [attrs, flipped])) if edits
+                       else self.model.decode(z, attrs)).float()
+        size = self.config.img_size
+        top, bottom, left, right = refine_box(size)
+        reach = [round(f * size) for f in _REFINE_JITTER]
         dy, dx = (int(torch.randint(-r, r + 1, ())) for r in reach)
         rows, cols = slice(top + dy, bottom + dy), slice(left + dx, right + dx)
-        condition, real = decoded[:, :, rows, cols], images[:, :, rows, cols]
+        n, condition, real = len(images), decoded[:, :, rows, cols], images[:, :, rows, cols]
         self.refiner.train()
-        with self._autocast():
-            redrawn = self.refiner_ddp(condition, attrs)
-            logits = self.refiner_critic_ddp(condition.repeat(2, 1, 1, 1),
+        with self._autocast():  # real boxes against every redrawn one, edits included
+            redrawn = self.refiner_ddp(condition, values)
+            logits = self.refiner_critic_ddp(torch.cat([condition[:n], condition]),
                                              torch.cat([real, redrawn.detach()]),
-                                             attrs.repeat(2, 1))
-            critic_loss = hinge_critic_loss(*logits.chunk(2))
+                                             torch.cat([attrs, values]))
+            critic_loss = hinge_critic_loss(logits[:n], logits[n:])
         self._update(critic_loss, self.refiner_critic_optimizer)
-        with _frozen(self.refiner_critic), self._autocast():
-            l1 = F.l1_loss(redrawn.float(), real)
-            adversarial = hinge_generator_loss(self.refiner_critic(condition, redrawn, attrs))
+        metrics = {"refiner_critic_loss": critic_loss.detach(),
+                   "decoded_l1": F.l1_loss(condition[:n], real).detach()}
+        if edits:  # the mouth reader learns the attributes from the real boxes
+            with self._autocast():
+                real_logits = self.mouth_reader_ddp(real)
+                reader_loss = classifier_loss(real_logits, attribute_targets(attrs))
+            self._update(reader_loss, self.mouth_reader_optimizer)
+            metrics["mouth_reader_loss"] = reader_loss.detach()
+        with _frozen(self.refiner_critic, *([self.mouth_reader] if edits else [])), \
+                self._autocast():
+            l1 = F.l1_loss(redrawn[:n].float(), real)
+            adversarial = hinge_generator_loss(self.refiner_critic(condition, redrawn, values))
             loss = self.config.lambda_refiner_l1 * l1 + adversarial
+            if edits:  # every redrawn box, reconstruction or edit, must read as its values
+                logits = self.mouth_reader(redrawn)
+                targets = attribute_targets(values)
+                clf_loss = classifier_loss(logits, targets)
+                loss = loss + self.config.lambda_refiner_clf * clf_loss
+                metrics["refiner_clf_loss"] = clf_loss.detach()
+                metrics["refiner_flip_acc"] = \
+                    (logits[n:].detach().argmax(-1) == targets[n:]).float().mean()
         self._update(loss, self.refiner_optimizer)
         self.scaler.update()
-        return {"refiner_l1": l1.detach(), "refiner_adv": adversarial.detach(),
-                "refiner_critic_loss": critic_loss.detach(),
-                "decoded_l1": F.l1_loss(condition, real).detach()}
+        return {**metrics, "refiner_l1": l1.detach(), "refiner_adv": adversarial.detach()}
 
     def _update(self, loss, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -397,8 +431,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self, dataset: FaceDataset, n_images: int) -> dict[str, float]:
         """Reconstruction MSE and latent-discriminator accuracy on the first ``n_images`` of
-        ``dataset`` (and, with a reader, its accuracy on their flipped decodes), eval mode
-        (``train_step`` sets the modes it needs again)."""
+        ``dataset`` (and, with a reader, its accuracy on their flipped decodes, refined when a
+        refiner is training), eval mode (``train_step`` sets the modes it needs again)."""
         self.model.eval()
         if self.reader is not None:
             self.reader.eval()
@@ -415,7 +449,10 @@ class Trainer:
                 z, x_hat = self.model(images, attrs)
                 logits = self.model.discriminate(z)
                 if self.reader is not None:
-                    flip_logits = self.reader(self.model.decode(z, 1 - targets))
+                    x_flip = self.model.decode(z, 1 - targets)
+                    if self.refiner is not None:
+                        x_flip = self.refiner(x_flip.float(), (1 - targets).to(attrs.dtype))
+                    flip_logits = self.reader(x_flip)
                     flip_hits += (flip_logits.argmax(-1) == 1 - targets).float().mean().item() \
                         * len(images)
             squared_error += F.mse_loss(x_hat.float(), images, reduction="sum").item()
