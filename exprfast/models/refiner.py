@@ -171,7 +171,8 @@ class MouthReader(nn.Module):
     shows the edit (docs/SMILES.md). Why the blur: a reader of the sharp box was pleased by
     faint grids and white speckles, textures that a blur removes, so that only the mouth's
     shape (its corners, a band of teeth) can carry the attribute. The BatchNorm is the
-    ``AttributeReader``'s defence against coloured stripes."""
+    ``AttributeReader``'s defence against coloured stripes; neither stopped the coarser
+    coloured grids that a longer run drew over smiles taken off (docs/SMILES.md)."""
 
     def __init__(self, img_size: int = 128, width: int = 32, n_attrs: int = 1) -> None:
         super().__init__()

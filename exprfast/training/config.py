@@ -283,7 +283,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also refine, every step, the batch's decodings with each "
                              "attribute flipped, judged by the critic and, with this weight, "
                              "by a mouth reader trained alongside on the real boxes: edits "
-                             "the refiner must not undo (default 0: reconstructions only)")
+                             "the refiner must not undo (default 0: reconstructions only; "
+                             "measured in docs/SMILES.md: coloured grids over smiles taken off)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,

@@ -60,7 +60,9 @@ discriminator sees the edits), and ``lambda_refiner_clf * CE(mouth_reader(redraw
 values)`` asks every redrawn box, edit or reconstruction, to read as its values: the
 ``MouthReader`` learns the attributes from the real boxes, updated every step before the
 refiner (AttGAN's classifier, on the box). A critic that saw only reconstructions let the
-refiner please the reader with white speckles and stripes (docs/SMILES.md).
+refiner please the reader with white speckles and stripes; as it is, measured on the bundled
+model, it keeps the smiles put on but paints coloured grids over smiles taken off, so it is not
+in the bundled model (docs/SMILES.md, "trained on the edits too").
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
