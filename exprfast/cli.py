@@ -196,15 +196,28 @@ def _add_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-discriminator", action="store_true",
                         help="keep the latent discriminator (default: left out; editing and "
                              "evaluation do not use it)")
+    parser.add_argument("--refiner-highpass", type=float, default=None, metavar="SIGMA",
+                        help="high-pass the mouth refiner's change at SIGMA pixels (0: not at "
+                             "all), keeping the decoder's coarse mouth shape, which carries the "
+                             "edit (default: as trained; docs/SMILES.md)")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     """``exprfast export``: a training checkpoint as a model file for ``load``/``--model``."""
     try:
         loaded = load_model(args.checkpoint)
+        refiner = loaded.refiner
+        if args.refiner_highpass is not None:
+            if refiner is None:
+                raise ValueError(f"--refiner-highpass: {args.checkpoint} has no mouth refiner "
+                                 "to high-pass")
+            try:
+                refiner = refiner.high_passed(args.refiner_highpass)
+            except ValueError as error:
+                raise ValueError(f"--refiner-highpass: {error}") from None
         save_model(loaded.model, args.output, loaded.meta, half=not args.float32,
                    discriminator=args.with_discriminator, reader=loaded.reader,
-                   refiner=loaded.refiner)
+                   refiner=refiner)
     except (FileNotFoundError, ValueError, WriteError) as error:
         return _fail("export", error)
     size = Path(args.output).stat().st_size / 2**20

@@ -1,6 +1,7 @@
 """The mouth refiner (``models.refiner``): its box and fade, its training stage on a frozen model
 (what changes, exact resume, refused flags), model files that carry it, and edits that use it."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -42,10 +43,10 @@ def config(data_root, run_dir, cache_dir, **changes):
     return training.TrainConfig(**{**settings, **changes})
 
 
-def trained_refiner(img_size=64, seed=0, n_attrs=1):
+def trained_refiner(img_size=64, seed=0, n_attrs=1, highpass=0.0):
     """A refiner whose output conv is no longer zero, so that it changes faces."""
     torch.manual_seed(seed)
-    refiner = MouthRefiner(img_size, width=4, n_attrs=n_attrs)
+    refiner = MouthRefiner(img_size, width=4, n_attrs=n_attrs, highpass=highpass)
     torch.nn.init.normal_(refiner.out.weight, std=0.1)
     torch.nn.init.normal_(refiner.out.bias, std=0.1)
     return refiner.eval()
@@ -87,6 +88,38 @@ def test_a_fresh_refiner_changes_nothing_and_a_trained_one_only_its_box():
         refiner(torch.zeros(1, 3, 128, 128), values[:1])
     with pytest.raises(ValueError, match=r"attrs must have shape \(2, 1\)"):
         refiner(faces, torch.zeros(2, 2))
+
+
+def test_a_high_passed_refiner_keeps_the_decoded_box_coarse_shape():
+    """The change minus its blur: a flat change (the output conv's bias alone) is removed
+    exactly, a pixel grid passes almost whole, and the same weights without the high-pass
+    change the box's coarse shape far more."""
+    box = torch.rand(2, 3, 48, 64) * 2 - 1
+    values = torch.tensor([[0.0], [1.0]])
+    flat = MouthRefiner(128, width=4, highpass=2.0)
+    torch.nn.init.constant_(flat.out.bias, 0.3)
+    assert torch.allclose(flat.redraw(box, values), box, atol=1e-6)
+    grid = torch.zeros(3, 48, 64)
+    grid[:, ::2] += 0.5
+    grid[:, :, ::2] += 0.5
+    gridded = MouthRefiner(128, width=4, highpass=2.0)  # its output conv draws the grid
+    gridded.out.register_forward_hook(lambda module, inputs, output: output + grid)
+    with torch.no_grad():
+        passed = gridded.redraw(box, values) - box
+    inside = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    assert ((passed - (grid - grid.mean()))[inside]).abs().max() < 0.01
+
+    sharp, high_passed = trained_refiner(128), trained_refiner(128, highpass=2.0)
+    blur = MouthReader(128).blur  # sigma 2 px, like the high-pass's
+    with torch.no_grad():
+        coarse = [(blur(r.redraw(box, values) - box))[inside].abs().mean()
+                  for r in (sharp, high_passed)]
+    assert coarse[1] < 0.2 * coarse[0]
+    assert high_passed.config == {"img_size": 128, "width": 4, "n_attrs": 1, "highpass": 2.0}
+    assert sharp.config == {"img_size": 128, "width": 4, "n_attrs": 1}  # as files before it
+    for wrong in (-1.0, 17.0, True, "2"):
+        with pytest.raises(ValueError, match=r"highpass must be a number of pixels in \[0, 16\]"):
+            MouthRefiner(128, highpass=wrong)
 
 
 def test_the_critic_reads_a_box_beside_its_decoding():
@@ -147,6 +180,9 @@ def test_the_refiner_stage_trains_the_refiner_alone_and_resumes_exactly(faces64,
 
     with pytest.raises(ValueError, match="the run's refiner has width 4, not --mouth-refiner 8"):
         training.train(config_("b", steps=5, mouth_refiner=8, resume="auto"))
+    with pytest.raises(ValueError, match="the run's refiner has highpass 0, not "
+                                         "--refiner-highpass 2.0"):
+        training.train(config_("b", steps=5, refiner_highpass=2.0, resume="auto"))
     with pytest.raises(ValueError, match="the run was trained with --mouth-refiner"):
         training.train(config(faces64, tmp_path / "b", cache_dir, init_from=trained64,
                               steps=5, mouth_refiner=0, resume="auto"))
@@ -175,6 +211,8 @@ def test_refining_edits_changes_what_the_refiner_learns(faces64, cache_dir, trai
     ({"lambda_refiner_clf": -1.0}, "--lambda-refiner-clf must be a number >= 0"),
     ({"lambda_refiner_clf": 1.0, "mouth_refiner": 0}, "--lambda-refiner-clf needs --mouth-refiner"),
     ({"img_size": 32}, "--img-size must be 64 or more with --mouth-refiner"),
+    ({"refiner_highpass": -1.0}, r"--refiner-highpass must be a number of pixels in \[0, 8\]"),
+    ({"refiner_highpass": 2.0, "mouth_refiner": 0}, "--refiner-highpass needs --mouth-refiner"),
 ])
 def test_refiner_flags_are_checked(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -256,7 +294,7 @@ def test_evaluation_scores_the_refined_decodings():
 
 
 def test_exported_refiners_travel_and_a_new_stage_starts_from_them(faces64, cache_dir, trained64,
-                                                                  tmp_path):
+                                                                  tmp_path, capsys):
     result = training.train(config(faces64, tmp_path / "run", cache_dir, init_from=trained64,
                                    steps=2))
     exported = tmp_path / "refined.pt"
@@ -266,12 +304,32 @@ def test_exported_refiners_travel_and_a_new_stage_starts_from_them(faces64, cach
     for name, tensor in loaded.refiner.state_dict().items():
         assert torch.equal(tensor, trained[name]), name
 
+    high_passed = tmp_path / "high_passed.pt"  # the same weights, the change high-passed in use
+    assert cli_main(["export", str(exported), "-o", str(high_passed), "--float32",
+                     "--refiner-highpass", "2"]) == 0
+    again = checkpoints.load_model(high_passed).refiner
+    assert again.config == {**loaded.refiner.config, "highpass": 2.0}
+    for name, tensor in again.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+    for source, sigma, message in (
+            (trained64, "2", "--refiner-highpass: .*base.*model.pt has no mouth refiner"),
+            (exported, "-1", r"--refiner-highpass: highpass must be a number of pixels in \[0, 8")):
+        assert cli_main(["export", str(source), "-o", str(tmp_path / "no.pt"),
+                         "--refiner-highpass", sigma]) == 2  # a usage error
+        assert re.search(message, capsys.readouterr().err)
+
     again = config(faces64, tmp_path / "again", cache_dir, init_from=exported)
     train_set, _ = training.open_datasets(again)
     trainer = training.Trainer(again, train_set, torch.device("cpu"))
     assert trainer.start_from(loaded, False, "x") == ["encoder", "decoder", "reader",
                                                       "mouth refiner"]
     assert loaded.reader is not None  # exported with the reader it started from
+    high_passed = config(faces64, tmp_path / "hp", cache_dir, init_from=exported,
+                         refiner_highpass=2.0)  # the same weights, trained into a high-pass
+    trainer = training.Trainer(high_passed, train_set, torch.device("cpu"))
+    assert "mouth refiner" in trainer.start_from(loaded, False, "x")
+    assert trainer.refiner.config["highpass"] == 2.0
+    assert torch.equal(trainer.refiner.out.weight, loaded.refiner.out.weight)
     wider = config(faces64, tmp_path / "wider", cache_dir, init_from=exported, mouth_refiner=8)
     trainer = training.Trainer(wider, train_set, torch.device("cpu"))
     with pytest.raises(ValueError, match=r"x: its mouth refiner \(.*'width': 4, .*\) is not"):

@@ -16,6 +16,11 @@ closed the edited smiles (docs/SMILES.md, "A mouth refiner").
 ``MouthRefiner(faces, attrs)`` changes only the box, its change faded out over the box's outer
 ``FEATHER`` of the side so no seam shows; ``redraw(box, attrs)`` is the U-Net alone (training
 takes the box at jittered places, so that it works wherever a mouth sits in it).
+
+``highpass`` (σ in pixels, 0: off) keeps only the fine part of the change: its Gaussian blur is
+taken away, so the decoded box's coarse shape, which carries the edit, is the decoder's, and the
+refiner adds lines and texture only. A refiner free to change everything weakened the edits
+(flips 77.5 / 85.5 %); the same weights high-passed at σ = 2 px kept them (docs/SMILES.md).
 """
 from __future__ import annotations
 
@@ -35,6 +40,22 @@ REFINE_BOX = (0.53125, 0.90625, 0.25, 0.75)
 FEATHER = 6 / 128
 BLUR_SIGMA = 2 / 128  # of the MouthReader's blur: 2 px at 128 px
 _DEPTH = 3
+
+
+def gaussian_taps(sigma: float) -> torch.Tensor:
+    """The normalised 1-D Gaussian of ``sigma`` pixels, out to 2 sigma."""
+    radius = math.ceil(2 * sigma)
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1) / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def gaussian_blur(images: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """``images`` (N, C, H, W) blurred by the separable ``taps``, edges replicated."""
+    radius, channels = len(taps) // 2, images.shape[1]
+    taps = taps.to(images.dtype)
+    x = F.pad(images, (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(x, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
 def refine_box(size: int) -> tuple[int, int, int, int]:
@@ -69,14 +90,23 @@ class MouthRefiner(nn.Module):
     residual block, nearest upsampling + skip concatenation + 3x3 conv back up; LeakyReLU 0.2,
     no normalisation) whose output conv starts at zero: a fresh refiner changes nothing."""
 
-    def __init__(self, img_size: int = 128, width: int = 24, n_attrs: int = 1) -> None:
+    def __init__(self, img_size: int = 128, width: int = 24, n_attrs: int = 1,
+                 highpass: float = 0.0) -> None:
         super().__init__()
         check_img_size(img_size, minimum=64)
         for name, value in (("width", width), ("n_attrs", n_attrs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(highpass, bool) or not isinstance(highpass, (int, float)) \
+                or not 0 <= highpass <= img_size / 8:
+            raise ValueError(f"highpass must be a number of pixels in [0, {img_size / 8:g}] "
+                             f"(0: off), got {highpass!r}")
         self.config = {"img_size": img_size, "width": width, "n_attrs": n_attrs}
+        if highpass:  # files written before the option have no key: 0
+            self.config["highpass"] = float(highpass)
         self.img_size, self.n_attrs = img_size, n_attrs
+        self.register_buffer("highpass_taps", gaussian_taps(highpass) if highpass else None,
+                             persistent=False)
         widths = [width * 2 ** k for k in range(_DEPTH + 1)]  # 1, 2, 4, 8 x width
         self.stem = _conv(3 + n_attrs, widths[0])
         self.down = nn.ModuleList(_conv(a, b, down=True) for a, b in zip(widths, widths[1:]))
@@ -89,6 +119,14 @@ class MouthRefiner(nn.Module):
         top, bottom, left, right = refine_box(img_size)
         self.register_buffer("fade", _fade(bottom - top, right - left,
                                            max(1, round(FEATHER * img_size))), persistent=False)
+
+    def high_passed(self, sigma: float) -> "MouthRefiner":
+        """A refiner with these weights whose change is high-passed at ``sigma`` pixels (0: not
+        at all), e.g. one trained without the high-pass (``exprfast export --refiner-highpass``;
+        measured in docs/SMILES.md)."""
+        refiner = MouthRefiner(**{**self.config, "highpass": sigma})
+        refiner.load_state_dict(self.state_dict())
+        return refiner.train(self.training)
 
     def check_fits(self, model: nn.Module) -> None:
         """ValueError unless this refiner redraws the faces ``model`` decodes (its side and
@@ -110,7 +148,10 @@ class MouthRefiner(nn.Module):
         for conv, skip in zip(self.up, reversed(skips)):
             h = torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], 1)
             h = F.leaky_relu(conv(h), 0.2)
-        return box + self.out(h)
+        change = self.out(h)
+        if self.highpass_taps is not None:
+            change = change - gaussian_blur(change, self.highpass_taps)
+        return box + change
 
     def forward(self, faces: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         """Decoded ``(N, 3, img_size, img_size)`` faces with their ``REFINE_BOX`` redrawn;
@@ -177,20 +218,12 @@ class MouthReader(nn.Module):
     def __init__(self, img_size: int = 128, width: int = 32, n_attrs: int = 1) -> None:
         super().__init__()
         self.config = {"img_size": img_size, "width": width, "n_attrs": n_attrs}
-        sigma = BLUR_SIGMA * img_size
-        radius = math.ceil(2 * sigma)
-        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1) / sigma) ** 2)
-        self.register_buffer("taps", taps / taps.sum(), persistent=False)
+        self.register_buffer("taps", gaussian_taps(BLUR_SIGMA * img_size), persistent=False)
         self.trunk = nn.Sequential(*_trunk(3, width, norm=True))
         self.head = nn.Linear(4 * width, 2 * n_attrs)
 
     def blur(self, box: torch.Tensor) -> torch.Tensor:
-        """``box`` (N, C, H, W) blurred by the separable Gaussian, edges replicated."""
-        radius, channels = len(self.taps) // 2, box.shape[1]
-        taps = self.taps.to(box.dtype)
-        x = F.pad(box, (radius,) * 4, mode="replicate")
-        x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-        return F.conv2d(x, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+        return gaussian_blur(box, self.taps)
 
     def forward(self, box: torch.Tensor) -> torch.Tensor:
         features = self.trunk(self.blur(box)).mean((2, 3))

@@ -60,6 +60,7 @@ class TrainConfig:
     mouth_refiner: int = 0
     lambda_refiner_l1: float = 100.0
     lambda_refiner_clf: float = 0.0
+    refiner_highpass: float = 0.0
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -143,6 +144,11 @@ class TrainConfig:
                 "lambda_refiner_clf", "must be a number >= 0")
         require(self.lambda_refiner_clf == 0 or self.mouth_refiner > 0, "lambda_refiner_clf",
                 "needs --mouth-refiner (it weighs a loss of the refiner stage)")
+        require(is_number(self.refiner_highpass) and 0 <= self.refiner_highpass
+                <= self.img_size / 8, "refiner_highpass",
+                f"must be a number of pixels in [0, {self.img_size / 8:g}] (0: off)")
+        require(self.refiner_highpass == 0 or self.mouth_refiner > 0, "refiner_highpass",
+                "needs --mouth-refiner (it shapes the refiner's change)")
         if self.mouth_refiner:
             require(self.init_from is not None, "init_from",
                     "must name the trained model whose mouths --mouth-refiner learns to redraw")
@@ -285,6 +291,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "by a mouth reader trained alongside on the real boxes: edits "
                              "the refiner must not undo (default 0: reconstructions only; "
                              "measured in docs/SMILES.md: coloured grids over smiles taken off)")
+    refine.add_argument("--refiner-highpass", type=float, default=d.refiner_highpass,
+                        metavar="SIGMA",
+                        help="keep only the fine part of the refiner's change: its Gaussian "
+                             "blur of SIGMA pixels is taken away, so the decoded mouth's coarse "
+                             "shape, which carries the edit, stays the decoder's (default 0: "
+                             "off; measured in docs/SMILES.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
@@ -449,7 +461,10 @@ def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
                              f"{'with' if part in checkpoint else 'without'} {flag(option)}; "
                              f"resume with the run's {flag(option)}")
     refiner_config = checkpoint.get("refiner_config")
-    if "refiner" in checkpoint and isinstance(refiner_config, dict) \
-            and refiner_config.get("width") != config.mouth_refiner:
-        raise ValueError(f"{where}: the run's refiner has width {refiner_config.get('width')}, "
-                         f"not --mouth-refiner {config.mouth_refiner}; resume with the run's")
+    if "refiner" in checkpoint and isinstance(refiner_config, dict):
+        for key, option in (("width", "mouth_refiner"), ("highpass", "refiner_highpass")):
+            stored_value = refiner_config.get(key, 0)
+            if stored_value != getattr(config, option):
+                raise ValueError(f"{where}: the run's refiner has {key} {stored_value}, not "
+                                 f"{flag(option)} {getattr(config, option)}; resume with the "
+                                 "run's")

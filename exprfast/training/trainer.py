@@ -172,8 +172,8 @@ class Trainer:
         self.mouth_reader = None
         if config.mouth_refiner:
             n_attrs = len(train_set.attr_names)
-            self.refiner = MouthRefiner(config.img_size, config.mouth_refiner,
-                                        n_attrs).to(device)
+            self.refiner = MouthRefiner(config.img_size, config.mouth_refiner, n_attrs,
+                                        highpass=config.refiner_highpass).to(device)
             self.refiner_critic = MouthCritic(n_attrs=n_attrs).to(device)
             if config.lambda_refiner_clf > 0:
                 self.mouth_reader = MouthReader(config.img_size, n_attrs=n_attrs).to(device)
@@ -532,9 +532,12 @@ class Trainer:
             mine, theirs = getattr(self, part), getattr(start, part)
             if mine is None or theirs is None:
                 continue
-            if dict(theirs.config) != dict(mine.config):
-                raise ValueError(f"{where}: its {name} ({dict(theirs.config)}) is not the one "
-                                 f"these flags build ({dict(mine.config)})")
+            # A refiner's high-pass shapes its change, not its weights: it may be trained into one.
+            theirs_config, mine_config = ({k: v for k, v in module.config.items()
+                                           if k != "highpass"} for module in (theirs, mine))
+            if theirs_config != mine_config:
+                raise ValueError(f"{where}: its {name} ({theirs_config}) is not the one these "
+                                 f"flags build ({mine_config})")
             mine.load_state_dict(theirs.state_dict())
             parts.append(name)
         return parts
