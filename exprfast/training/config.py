@@ -296,7 +296,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep only the fine part of the refiner's change: its Gaussian "
                              "blur of SIGMA pixels is taken away, so the decoded mouth's coarse "
                              "shape, which carries the edit, stays the decoder's (default 0: "
-                             "off; measured in docs/SMILES.md)")
+                             "off; measured in docs/SMILES.md: trained with it, the refiner "
+                             "weakened the edits; set at export on one trained without it, it "
+                             "kept them)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,

@@ -62,7 +62,10 @@ values)`` asks every redrawn box, edit or reconstruction, to read as its values:
 refiner (AttGAN's classifier, on the box). A critic that saw only reconstructions let the
 refiner please the reader with white speckles and stripes; as it is, measured on the bundled
 model, it keeps the smiles put on but paints coloured grids over smiles taken off, so it is not
-in the bundled model (docs/SMILES.md, "trained on the edits too").
+in the bundled model (docs/SMILES.md, "trained on the edits too"). ``refiner_highpass`` trains
+a refiner whose change is high-passed (``MouthRefiner(highpass=...)``); measured from the
+6,000-step refiner, it reshaped the mouth with what the filter lets through and weakened the
+edits, while the same high-pass set on the refiner trained without it (at export) kept them.
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
