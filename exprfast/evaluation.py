@@ -9,7 +9,9 @@
   of each attribute -- every image decoded with the attribute set to 0, then to 1 (the others
   kept at their true values), and the fraction the classifier reads back as the value set --,
   and how much of the real mouths' fine detail the reconstructions keep. Given the model file's
-  mouth refiner, every decoding is refined first, as edits are.
+  mouth refiner, every decoding is refined first, as edits are. A judge that also reads
+  attributes the model does not edit (e.g. Mouth_Slightly_Open) tells what else a flip changes:
+  how often it reads them in the flipped faces, beside the real faces that have the value set.
   ``write_results`` writes the numbers as JSON and as a markdown table.
 * ``latent_probe``: how much of each attribute a Fader latent still carries. A fresh latent
   discriminator (the model's own architecture, the training recipe's Adam) learns the attributes
@@ -295,7 +297,10 @@ def evaluate_dataset(
     "mean"}}``, ``swap_accuracy_mean``, ``flip_success`` ``{attr: {"to_1", "to_0"}}`` (of the
     images without the attribute, the fraction read as having it once it is set to 1, and the
     converse), ``classifier_accuracy`` (on the real images: the ceiling for swap accuracy),
-    ``mouth_detail`` (``sharpness`` of the reconstructions' mouths over the real ones'),
+    ``side_effects`` ``{attr: {other: {"to_1", "real_1", "to_0", "real_0"}}}`` for each
+    attribute ``other`` the classifier reads and the model does not have (of the images flipped
+    to 1, the fraction the classifier reads as having ``other``; of the real images with the
+    attribute, the same; and at 0), ``mouth_detail`` (``sharpness`` of the reconstructions' mouths over the real ones'),
     ``refiner`` (whether one was used) and ``seconds``.
     """
     attrs = list(model.attrs) if attrs is None else list(check_attr_names(attrs))
@@ -306,6 +311,8 @@ def evaluate_dataset(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     model_cols = [list(model.attrs).index(a) for a in attrs]
     clf_cols = [list(classifier.attrs).index(a) for a in attrs]
+    others = [a for a in classifier.attrs if a not in model.attrs]
+    other_cols = [list(classifier.attrs).index(a) for a in others]
     device = _device_of(model)
     classifier.to(device)
 
@@ -320,6 +327,8 @@ def evaluate_dataset(
     real_hits = torch.zeros(len(attrs), dtype=torch.float64)
     swap_hits = torch.zeros(len(attrs), 2, 2, dtype=torch.float64)  # attr, value set, true
     true_counts = torch.zeros(len(attrs), 2, dtype=torch.float64)
+    # attr, value set (or the real image: 2), true value, other attribute: read as present
+    other_reads = torch.zeros(len(attrs), 3, 2, len(others), dtype=torch.float64)
     with _eval_mode(model, classifier, *([refiner] if refiner is not None else [])), \
             torch.no_grad():
         for images, labels in _batches(dataset, n, batch_size):
@@ -330,10 +339,15 @@ def evaluate_dataset(
             ssim_sum += ssim(recon, images).sum().item()
             recon_detail += sharpness(recon, "mouth") * len(images)
             real_detail += sharpness(images, "mouth") * len(images)
-            predicted = classifier(images).argmax(-1)[:, clf_cols]
-            real_hits += (predicted == labels[:, model_cols].long()).sum(0).cpu()
-            swap_hits += _swap_hits(model, show, classifier, z, labels, model_cols, clf_cols)
+            read = classifier(images).argmax(-1)
+            real_hits += (read[:, clf_cols] == labels[:, model_cols].long()).sum(0).cpu()
+            hits, reads = _swap_hits(model, show, classifier, z, labels, model_cols, clf_cols,
+                                     other_cols)
+            swap_hits += hits
             true = (labels[:, model_cols] > 0.5).long().cpu()
+            other_reads[:, :2] += reads
+            for k in range(len(attrs)):
+                other_reads[k, 2] += _count_by(true[:, k], read[:, other_cols].cpu())
             true_counts += torch.stack([(true == 0).sum(0), (true == 1).sum(0)], 1).double()
 
     swap = swap_hits.sum(2) / n
@@ -352,6 +366,9 @@ def evaluate_dataset(
         "swap_accuracy_mean": swap.mean().item(),
         "flip_success": {a: {"to_1": one, "to_0": zero} for a, one, zero in zip(attrs, to_1, to_0)},
         "classifier_accuracy": dict(zip(attrs, (real_hits / n).tolist())),
+        "side_effects": {a: {other: _side_effect(other_reads[k, ..., j], true_counts[k])
+                                 for j, other in enumerate(others)}
+                             for k, a in enumerate(attrs)},
         "mouth_detail": recon_detail / real_detail if real_detail else None,
         "refiner": refiner is not None,
         "seconds": round(time.perf_counter() - start, 2),
@@ -363,11 +380,28 @@ def _ratios(hits: torch.Tensor, counts: torch.Tensor) -> list:
     return [h / c if c else None for h, c in zip(hits.tolist(), counts.tolist())]
 
 
-def _swap_hits(model, show, classifier, z, labels, model_cols, clf_cols) -> torch.Tensor:
+def _side_effect(reads: torch.Tensor, true_counts: torch.Tensor) -> dict:
+    """``evaluate_dataset``'s ``side_effects`` entry from ``reads`` ``[value set (2: real),
+    true value]`` and the ``true_counts`` of each true value."""
+    keys = {"to_1": (1, 0), "real_1": (2, 1), "to_0": (0, 1), "real_0": (2, 0)}
+    return {key: (reads[row, true] / true_counts[true]).item() if true_counts[true] else None
+            for key, (row, true) in keys.items()}
+
+
+def _count_by(true: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """``(2, B)``: per true value (0/1), the number of images whose ``read`` (N, B) is 1."""
+    return torch.zeros(2, read.shape[1], dtype=torch.float64).index_add_(0, true, read.double())
+
+
+def _swap_hits(model, show, classifier, z, labels, model_cols, clf_cols,
+               other_cols) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, 2, 2)`` counts of images with true value ``t`` decoded with attribute ``a`` set to
     ``v`` (the others kept; then ``show(decoded, values)``) that the classifier reads as ``v``
-    (index ``[a, v, t]``): Fader's ``eval_clf_accuracy``, split by the true value."""
+    (index ``[a, v, t]``): Fader's ``eval_clf_accuracy``, split by the true value; and
+    ``(A, 2, 2, B)`` counts of the same images read as having each attribute of ``other_cols``
+    (classifier columns)."""
     hits = torch.zeros(len(model_cols), 2, 2, dtype=torch.float64)
+    reads = torch.zeros(len(model_cols), 2, 2, len(other_cols), dtype=torch.float64)
     for k, (m, c) in enumerate(zip(model_cols, clf_cols)):
         true = (labels[:, m] > 0.5).long()
         swaps = [labels.clone() for _ in (0, 1)]
@@ -377,10 +411,11 @@ def _swap_hits(model, show, classifier, z, labels, model_cols, clf_cols) -> torc
         # result as two decodes)
         for value, decoded in enumerate(model.decode_many(z, swaps)):
             shown = show(decoded, swaps[value]).clamp(-1, 1)
-            right = (classifier(shown).argmax(-1)[:, c] == value).double()
-            hits[k, value] = torch.zeros(2, dtype=torch.float64).index_add_(
-                0, true.cpu(), right.cpu())
-    return hits
+            read = classifier(shown).argmax(-1).cpu()
+            right = (read[:, c] == value).double()
+            hits[k, value] = torch.zeros(2, dtype=torch.float64).index_add_(0, true.cpu(), right)
+            reads[k, value] = _count_by(true.cpu(), read[:, other_cols])
+    return hits, reads
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
@@ -419,6 +454,16 @@ def results_markdown(results: dict, name: str) -> str:
         cells = [swap["0"], swap["1"], swap["mean"], flip["to_1"], flip["to_0"],
                  results["classifier_accuracy"][attr]]
         lines.append(f"| {attr} | " + " | ".join(map(percent, cells)) + " |")
+    effects = [(attr, other, rates) for attr, row in results.get("side_effects", {}).items()
+               for other, rates in row.items()]
+    if effects:
+        lines += ["", "What else the flips change (the judge's reading of attributes the model "
+                  "does not edit):", "",
+                  "| flipped | read | flipped to 1 | real with it | flipped to 0 | real without "
+                  "it |", "| --- | --- | --- | --- | --- | --- |"]
+        for attr, other, rates in effects:
+            cells = [rates[key] for key in ("to_1", "real_1", "to_0", "real_0")]
+            lines.append(f"| {attr} | {other} | " + " | ".join(map(percent, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 

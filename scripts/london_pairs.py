@@ -125,8 +125,15 @@ def person(london, pid, editor, smile, couple, paste):
 
 @torch.no_grad()
 def judge_reads(judge, image, face):
+    """The judge's reading (0 or 1) of each of its attributes in the face."""
     x = to_tensor(faces.crop_face(np.asarray(image), face, judge.img_size)[None])
-    return int(judge.predict(x)[0, judge.attrs.index("Smiling")])
+    return dict(zip(judge.attrs, map(int, judge.predict(x)[0].tolist())))
+
+
+# the four photos the judge reads, as (row key prefix, what it is)
+JUDGED = {"edited_neutral": "neutral photo set to Smiling={smile:g}",
+          "real_smiling": "real smile", "edited_smiling": "smiling photo set to Smiling=0",
+          "real_neutral": "real neutral"}
 
 
 def celeba_direction(data_root, size):
@@ -170,9 +177,11 @@ def strengths(crops, editor, data_root=None):
                                                      ("reconstructed_smiling", drawn["smiling"]))}}
 
 
-def report(rows, strength, path, paste, smile, couple, refined):
+def report(rows, strength, path, paste, smile, couple, refined, others):
+    """``others``: the judge's attributes besides Smiling, read in the same photos."""
     n = len(rows)
     rate = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
+    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
     summary = {
         "people": n,
         "edited_neutral_judged_smiling": rate("edited_neutral_smiling"),
@@ -190,10 +199,16 @@ def report(rows, strength, path, paste, smile, couple, refined):
         "strength_reconstruction_ceiling": strength["ceiling"],
         "strength_by_region": strength["regions"],
         "mouth_sharpness_relative_to_real_smiles": strength["mouth_sharpness"],
+        "other_attributes_judged_present": {a: {kind: rate(f"{kind}_{a}") for kind in JUDGED}
+                                            for a in others},
     }
+    other_rows = [f"| judged {a}: {JUDGED[edited].format(smile=smile)} vs {JUDGED[real]} | "
+                  f"{pct(rates[edited])} | {pct(rates[real])} |"
+                  for a, rates in summary["other_attributes_judged_present"].items()
+                  for edited, real in (("edited_neutral", "real_smiling"),
+                                       ("edited_smiling", "real_neutral"))]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.json").write_text(json.dumps({"summary": summary, "people": rows}, indent=2))
-    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
     Path(f"{path}.md").write_text("\n".join([
         "# London Set photos through the photo pipeline", "",
         f"{n} people, each photographed neutral and smiling (uncropped, 675 px), edited with "
@@ -207,7 +222,7 @@ def report(rows, strength, path, paste, smile, couple, refined):
         f"{pct(summary['real_smiling_judged_smiling'])} |",
         f"| judged neutral: smiling photo set to Smiling=0 vs real neutral | "
         f"{pct(summary['edited_smiling_judged_neutral'])} | "
-        f"{pct(summary['real_neutral_judged_neutral'])} |", "",
+        f"{pct(summary['real_neutral_judged_neutral'])} |", *other_rows, "",
         f"Model's reading of Smiling (mean): neutral photos "
         f"{summary['model_reading_neutral_mean']:.2f}, smiling photos "
         f"{summary['model_reading_smiling_mean']:.2f}. Pixels changed outside the pasted face "
@@ -280,12 +295,13 @@ def main(argv=None):
                 crops[kind].append(faces.crop_face(np.asarray(im), f, editor.img_size))
             readings = [float(editor.estimate(crops[kind][-1][None])[0, 0])
                         for kind in ("neutral", "smiling")]
+            judged = {"edited_neutral": (smiled, face_n), "real_smiling": (smiling, face_s),
+                      "edited_smiling": (unsmiled, face_s), "real_neutral": (neutral, face_n)}
+            reads = {kind: judge_reads(judge, *photo) for kind, photo in judged.items()}
             rows.append({
                 "person": pid,
-                "edited_neutral_smiling": judge_reads(judge, smiled, face_n),
-                "real_smiling_smiling": judge_reads(judge, smiling, face_s),
-                "edited_smiling_smiling": judge_reads(judge, unsmiled, face_s),
-                "real_neutral_smiling": judge_reads(judge, neutral, face_n),
+                **{f"{kind}_{'smiling' if attr == 'Smiling' else attr}": value
+                   for kind, read in reads.items() for attr, value in read.items()},
                 "reading_neutral": readings[0], "reading_smiling": readings[1],
                 "changed_outside": changed_outside(neutral, smiled, face_n)
                 + changed_outside(smiling, unsmiled, face_s),
@@ -308,8 +324,9 @@ def main(argv=None):
               f"0); columns photo | {' | '.join(editing.PASTE_MODES)}")
     if judge is not None and args.report:
         strength = strengths(crops, editor, args.data_root)
+        others = [a for a in judge.attrs if a != "Smiling"]
         print(json.dumps(report(rows, strength, args.report, args.paste, args.smile, args.couple,
-                                editor.refiner is not None), indent=2))
+                                editor.refiner is not None, others), indent=2))
     return 0
 
 

@@ -251,6 +251,39 @@ def test_swap_accuracy_of_a_decoder_that_ignores_labels_follows_the_data():
     assert results["flip_success"]["Smiling"] == {"to_1": 0.0, "to_0": 0.0}
 
 
+class OpeningPainter(PaintingModel):
+    """A PaintingModel of Smiling whose smiles open the mouth (row 2: +1) and whose neutral
+    faces close it (-1)."""
+
+    def decode(self, z, attrs):
+        x = super().decode(z, attrs)
+        x[:, :, 2, :] = torch.where(attrs[:, :1, None] > 0.5, 1.0, -1.0)
+        return x
+
+
+def test_a_judge_of_other_attributes_tells_what_else_the_flips_change():
+    """Smiling flipped by a model that opens every mouth it smiles, read by a judge of Smiling
+    and Mouth_Slightly_Open (row 2): every flip to 1 is read open and every flip to 0 closed,
+    the real faces as often as their mouths are open (half the smiles, a quarter of the rest)."""
+    labels = balanced_labels()[:, :1]  # Smiling alternates
+    faces = painted_faces(labels)
+    i = torch.arange(40)
+    open_mouth = (i % 4 == 1) | (i % 8 == 0)  # half the smiles (odd i), a quarter of the rest
+    faces[:, :, 2, :] = torch.where(open_mouth[:, None, None], 1.0, -1.0)
+    judge = RowReader(["Smiling", "Mouth_Slightly_Open"], rows=[0, 2])
+    results = evaluation.evaluate_dataset(OpeningPainter(["Smiling"]), judge,
+                                          TensorFaces(faces, labels), batch_size=16)
+    assert results["flip_success"]["Smiling"] == {"to_1": 1.0, "to_0": 1.0}
+    assert results["side_effects"] == {"Smiling": {"Mouth_Slightly_Open": {
+        "to_1": 1.0, "real_1": 0.5, "to_0": 0.0, "real_0": 0.25}}}
+    table = evaluation.results_markdown(results, "opening")
+    assert "| Smiling | Mouth_Slightly_Open | 100.0 % | 50.0 % | 0.0 % | 25.0 % |" in table
+    plain = evaluation.evaluate_dataset(OpeningPainter(["Smiling"]), RowReader(["Smiling"], [0]),
+                                        TensorFaces(faces, labels))
+    assert plain["side_effects"] == {"Smiling": {}}
+    assert "What else" not in evaluation.results_markdown(plain, "plain")
+
+
 def test_evaluate_reads_a_celebahq_folder_and_writes_results(tmp_path):
     root = make_celebahq(tmp_path / "celebahq")
     model = PaintingModel(["Smiling", "Male"]).train()

@@ -185,10 +185,12 @@ def test_paste_changes_only_the_masked_pixels(sample):
 @pytest.mark.parametrize("paste", ["hybrid", "replace"])
 def test_london_pairs_report_and_figure(tmp_path, paste):
     """scripts/london_pairs.py on two people with a tiny model and judge: the report's rates are
-    the per-person readings, and no pixel away from the faces changes in either paste mode."""
+    the per-person readings (of the judge's other attribute too), and no pixel away from the
+    faces changes in either paste mode."""
     london_pairs = script("london_pairs")
     checkpoints.save_model(tiny_model(), tmp_path / "model.pt")
-    judge = models.AttributeClassifier(32, ["Smiling"], init_fm=8, hid_dim=16).eval()
+    judge = models.AttributeClassifier(32, ["Smiling", "Mouth_Slightly_Open"], init_fm=8,
+                                       hid_dim=16).eval()
     checkpoints.save_classifier(judge, tmp_path / "judge.pt", {})
     london = tmp_path / "london"
     for kind in ("neutral", "smiling"):
@@ -211,6 +213,11 @@ def test_london_pairs_report_and_figure(tmp_path, paste):
     assert summary["edited_neutral_judged_smiling"] == sum(
         row["edited_neutral_smiling"] for row in rows) / 2
     assert summary["pixels_changed_outside_faces"] == 0
+    mouth_open = summary["other_attributes_judged_present"]["Mouth_Slightly_Open"]
+    for kind in ("edited_neutral", "real_smiling", "edited_smiling", "real_neutral"):
+        assert mouth_open[kind] == sum(row[f"{kind}_Mouth_Slightly_Open"] for row in rows) / 2
+    assert (f"| judged Mouth_Slightly_Open: smiling photo set to Smiling=0 vs real neutral | "
+            f"{100 * mouth_open['edited_smiling']:.1f} %") in (tmp_path / "report.md").read_text()
     assert all(math.isfinite(summary[key]) for key in ("strength_neutral_set_to_smile",
                                                         "strength_smiling_set_to_0",
                                                         "strength_reconstruction_ceiling"))
