@@ -122,6 +122,33 @@ def test_a_high_passed_refiner_keeps_the_decoded_box_coarse_shape():
             MouthRefiner(128, highpass=wrong)
 
 
+def test_a_coupled_attribute_takes_the_first_value_in_use():
+    """In use nothing sets a coupled attribute: ``forward`` gives it the model's first value,
+    while ``redraw`` (training) takes every value, and each one reaches the U-Net."""
+    refiner = MouthRefiner(64, width=4, n_attrs=2, coupled=["Mouth_Slightly_Open"])
+    torch.nn.init.normal_(refiner.out.weight, std=0.1)
+    assert refiner.n_values == 3
+    assert refiner.config == {"img_size": 64, "width": 4, "n_attrs": 2,
+                              "coupled": ["Mouth_Slightly_Open"]}
+    seen = []
+    refiner.stem.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    faces, attrs = torch.rand(2, 3, 64, 64), torch.tensor([[1.0, 0.0], [0.25, 1.0]])
+    with torch.no_grad():
+        refiner(faces, attrs)
+    maps = seen[-1][:, 3:, 0, 0]  # the value maps, 2 a - 1
+    assert torch.equal(maps, torch.tensor([[1.0, -1.0, 1.0], [-0.5, 1.0, -0.5]]))
+    top, bottom, left, right = refine_box(64)
+    box = faces[:, :, top:bottom, left:right]
+    with torch.no_grad():
+        open_, closed = (refiner.redraw(box, torch.tensor([[1.0, 0.0, v]] * 2)) for v in (1, 0))
+    assert not torch.equal(open_, closed)
+    with pytest.raises(ValueError, match=r"attrs must have shape \(2, 2\)"):
+        refiner(faces, torch.zeros(2, 3))  # a coupled value is not given in use
+    for wrong in ("Mouth_Slightly_Open", [""], [1], None):
+        with pytest.raises(ValueError, match="coupled must be a list of attribute names"):
+            MouthRefiner(64, coupled=wrong)
+
+
 def test_the_critic_reads_a_box_beside_its_decoding():
     critic = MouthCritic(width=8, n_attrs=2)
     logits = critic(torch.zeros(2, 3, 24, 32), torch.zeros(2, 3, 24, 32), torch.zeros(2, 2))
@@ -213,11 +240,53 @@ def test_refining_edits_changes_what_the_refiner_learns(faces64, cache_dir, trai
     ({"img_size": 32}, "--img-size must be 64 or more with --mouth-refiner"),
     ({"refiner_highpass": -1.0}, r"--refiner-highpass must be a number of pixels in \[0, 8\]"),
     ({"refiner_highpass": 2.0, "mouth_refiner": 0}, "--refiner-highpass needs --mouth-refiner"),
+    ({"refiner_coupled": ("",)}, "--refiner-coupled must be attribute names"),
+    ({"refiner_coupled": ("Male",), "mouth_refiner": 0}, "--refiner-coupled needs --mouth-refiner"),
+    ({"refiner_coupled": ("Male",), "attrs": None}, "--refiner-coupled needs --mouth-refiner and "
+                                                    "--attrs"),
+    ({"refiner_coupled": ("Smiling",)}, "names other attributes than --attrs, each once"),
+    ({"refiner_coupled": ("Male", "Male")}, "names other attributes than --attrs, each once"),
+    ({"refiner_coupled": ("Male",), "lambda_refiner_clf": 1.0},
+     "--lambda-refiner-clf must be 0 with --refiner-coupled"),
 ])
 def test_refiner_flags_are_checked(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         config(tmp_path, tmp_path / "run", tmp_path / "cache",
                **{"init_from": tmp_path / "model.pt", **changes})
+
+
+def test_a_coupled_refiner_learns_from_the_data_labels_and_travels(faces64, cache_dir, trained64,
+                                                                   tmp_path):
+    """Trained on a one-attribute model (Smiling) with Male coupled: the data gives both labels,
+    the model and its reader get Smiling's, the refiner and its critic both; the exported
+    refiner couples Male to Smiling; a resume with other coupled attributes is refused."""
+    coupled = config(faces64, tmp_path / "run", cache_dir, init_from=trained64,
+                     refiner_coupled=("Male",), steps=2)
+    train_set, _ = training.open_datasets(coupled)
+    assert tuple(train_set.attr_names) == ("Smiling", "Male")
+    trainer = training.Trainer(coupled, train_set, torch.device("cpu"))
+    assert tuple(trainer.model.attrs) == ("Smiling",) and trainer.refiner.n_values == 2
+    seen = []
+    trainer.refiner.stem.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    trainer.refiner_critic.layers[0].register_forward_pre_hook(
+        lambda module, inputs: seen.append(inputs[0]))
+    trainer.train_step()
+    _, labels = trainer.batch(0)
+    assert len(set(labels[:, 0].tolist())) == 2 and len(set(labels[:, 1].tolist())) == 2
+    refiner_maps, critic_maps = seen[0][:, 3:, 0, 0], seen[1][:, 6:, 0, 0]
+    assert torch.equal(refiner_maps, 2 * labels - 1)
+    assert torch.equal(critic_maps, 2 * torch.cat([labels, labels]) - 1)  # real, redrawn
+
+    result = training.train(coupled)
+    assert {"val_mouth_l1_refined", "val_flip_acc"} <= set(result)
+    exported = tmp_path / "coupled.pt"
+    assert cli_main(["export", result["checkpoint"], "-o", str(exported), "--float32"]) == 0
+    refiner = checkpoints.load_model(exported).refiner
+    assert refiner.coupled == ("Male",) and refiner.n_attrs == 1
+    with pytest.raises(ValueError, match=r"the run's refiner has coupled \('Male',\), not "
+                                         r"--refiner-coupled \('Eyeglasses',\)"):
+        training.train(config(faces64, tmp_path / "run", cache_dir, init_from=trained64,
+                              refiner_coupled=("Eyeglasses",), steps=3, resume="auto"))
 
 
 def test_model_files_carry_the_refiner_and_edits_use_it(trained64, tmp_path):

@@ -22,6 +22,11 @@ taken away, so the decoded box's coarse shape, which carries the edit, is the de
 refiner adds lines and texture only. A refiner free to change everything weakened the edits
 (flips 77.5 / 85.5 %); the same weights high-passed at σ = 1 px (the bundled model) kept them
 (97.8 / 98.7 %) with 3.3 times the decoder's mouth detail (docs/SMILES.md).
+
+``coupled`` names attributes that the refiner alone is conditioned on (e.g. Mouth_Slightly_Open):
+in training they are the data's labels; in use, where nothing sets them, each takes the value of
+the model's first attribute. Why: a fifth of the neutral training faces show teeth, so a value of
+Smiling alone does not tell the refiner whether to close a mouth or draw teeth into it.
 """
 from __future__ import annotations
 
@@ -92,7 +97,7 @@ class MouthRefiner(nn.Module):
     no normalisation) whose output conv starts at zero: a fresh refiner changes nothing."""
 
     def __init__(self, img_size: int = 128, width: int = 24, n_attrs: int = 1,
-                 highpass: float = 0.0) -> None:
+                 highpass: float = 0.0, coupled: tuple[str, ...] | list[str] = ()) -> None:
         super().__init__()
         check_img_size(img_size, minimum=64)
         for name, value in (("width", width), ("n_attrs", n_attrs)):
@@ -102,14 +107,19 @@ class MouthRefiner(nn.Module):
                 or not 0 <= highpass <= img_size / 8:
             raise ValueError(f"highpass must be a number of pixels in [0, {img_size / 8:g}] "
                              f"(0: off), got {highpass!r}")
+        if not isinstance(coupled, (list, tuple)) or not all(isinstance(a, str) and a
+                                                             for a in coupled):
+            raise ValueError(f"coupled must be a list of attribute names, got {coupled!r}")
         self.config = {"img_size": img_size, "width": width, "n_attrs": n_attrs}
         if highpass:  # files written before the option have no key: 0
             self.config["highpass"] = float(highpass)
-        self.img_size, self.n_attrs = img_size, n_attrs
+        if coupled:  # nor this one: none
+            self.config["coupled"] = list(coupled)
+        self.img_size, self.n_attrs, self.coupled = img_size, n_attrs, tuple(coupled)
         self.register_buffer("highpass_taps", gaussian_taps(highpass) if highpass else None,
                              persistent=False)
         widths = [width * 2 ** k for k in range(_DEPTH + 1)]  # 1, 2, 4, 8 x width
-        self.stem = _conv(3 + n_attrs, widths[0])
+        self.stem = _conv(3 + self.n_values, widths[0])
         self.down = nn.ModuleList(_conv(a, b, down=True) for a, b in zip(widths, widths[1:]))
         self.middle = nn.ModuleList([_conv(widths[-1], widths[-1]), _conv(widths[-1], widths[-1])])
         self.up = nn.ModuleList(_conv(widths[k + 1] + widths[k], widths[k])
@@ -120,6 +130,11 @@ class MouthRefiner(nn.Module):
         top, bottom, left, right = refine_box(img_size)
         self.register_buffer("fade", _fade(bottom - top, right - left,
                                            max(1, round(FEATHER * img_size))), persistent=False)
+
+    @property
+    def n_values(self) -> int:
+        """The values ``redraw`` takes: the model's attributes, then the coupled ones."""
+        return self.n_attrs + len(self.coupled)
 
     def high_passed(self, sigma: float) -> "MouthRefiner":
         """A refiner with these weights whose change is high-passed at ``sigma`` pixels (0: not
@@ -139,7 +154,7 @@ class MouthRefiner(nn.Module):
 
     def redraw(self, box: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         """``box`` (N, 3, H, W), H and W multiples of 8, decoded with attribute values
-        ``attrs`` (N, n_attrs), plus the refiner's change."""
+        ``attrs`` (N, n_values: the model's, then the coupled ones), plus the refiner's change."""
         h = F.leaky_relu(self.stem(_with_values(box, attrs)), 0.2)
         skips = []
         for conv in self.down:
@@ -156,16 +171,18 @@ class MouthRefiner(nn.Module):
 
     def forward(self, faces: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         """Decoded ``(N, 3, img_size, img_size)`` faces with their ``REFINE_BOX`` redrawn;
-        ``attrs``: the ``(N, n_attrs)`` values they were decoded with."""
+        ``attrs``: the ``(N, n_attrs)`` values they were decoded with (the coupled attributes
+        take the first one's)."""
         if faces.dim() != 4 or tuple(faces.shape[1:]) != (3, self.img_size, self.img_size):
             raise ValueError(f"faces must have shape (N, 3, {self.img_size}, {self.img_size}), "
                              f"got {list(faces.shape)}")
         if attrs.dim() != 2 or attrs.shape != (faces.shape[0], self.n_attrs):
             raise ValueError(f"attrs must have shape ({faces.shape[0]}, {self.n_attrs}), got "
                              f"{list(attrs.shape)}")
+        values = torch.cat([attrs, attrs[:, :1].expand(-1, len(self.coupled))], 1)
         top, bottom, left, right = refine_box(self.img_size)
         box = faces[:, :, top:bottom, left:right]
-        change = (self.redraw(box, attrs) - box) * self.fade.to(faces.dtype)
+        change = (self.redraw(box, values) - box) * self.fade.to(faces.dtype)
         return faces + F.pad(change, (left, self.img_size - right, top, self.img_size - bottom))
 
 

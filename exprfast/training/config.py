@@ -61,6 +61,7 @@ class TrainConfig:
     lambda_refiner_l1: float = 100.0
     lambda_refiner_clf: float = 0.0
     refiner_highpass: float = 0.0
+    refiner_coupled: tuple[str, ...] = ()
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -92,6 +93,8 @@ class TrainConfig:
         elif self.attrs is not None:
             self.attrs = tuple(self.attrs)
         self.betas = tuple(self.betas)
+        if not isinstance(self.refiner_coupled, str):
+            self.refiner_coupled = tuple(self.refiner_coupled)
         self._validate()
 
     def _validate(self) -> None:
@@ -149,6 +152,17 @@ class TrainConfig:
                 f"must be a number of pixels in [0, {self.img_size / 8:g}] (0: off)")
         require(self.refiner_highpass == 0 or self.mouth_refiner > 0, "refiner_highpass",
                 "needs --mouth-refiner (it shapes the refiner's change)")
+        require(isinstance(self.refiner_coupled, tuple)
+                and all(isinstance(a, str) and a for a in self.refiner_coupled),
+                "refiner_coupled", "must be attribute names")
+        if self.refiner_coupled:
+            require(self.mouth_refiner > 0 and self.attrs is not None
+                    and not set(self.refiner_coupled) & set(self.attrs)
+                    and len(set(self.refiner_coupled)) == len(self.refiner_coupled),
+                    "refiner_coupled", "needs --mouth-refiner and --attrs, and names other "
+                    "attributes than --attrs, each once")
+            require(self.lambda_refiner_clf == 0, "lambda_refiner_clf",
+                    "must be 0 with --refiner-coupled (edits have no labels to give them)")
         if self.mouth_refiner:
             require(self.init_from is not None, "init_from",
                     "must name the trained model whose mouths --mouth-refiner learns to redraw")
@@ -299,6 +313,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "off; measured in docs/SMILES.md: trained with it, the refiner "
                              "weakened the edits; set at export on one trained without it, it "
                              "kept them)")
+    refine.add_argument("--refiner-coupled", nargs="+", default=d.refiner_coupled,
+                        metavar="ATTR",
+                        help="more attributes the refiner alone is conditioned on: the data's "
+                             "labels in training; in use each takes the value of the model's "
+                             "first attribute (e.g. Mouth_Slightly_Open with --attrs Smiling: "
+                             "a smile put on opens the mouth, one taken off closes it; "
+                             "default: none; measured in docs/SMILES.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
@@ -464,8 +485,12 @@ def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
                              f"resume with the run's {flag(option)}")
     refiner_config = checkpoint.get("refiner_config")
     if "refiner" in checkpoint and isinstance(refiner_config, dict):
-        for key, option in (("width", "mouth_refiner"), ("highpass", "refiner_highpass")):
-            stored_value = refiner_config.get(key, 0)
+        for key, option, absent in (("width", "mouth_refiner", 0),
+                                    ("highpass", "refiner_highpass", 0),
+                                    ("coupled", "refiner_coupled", ())):
+            stored_value = refiner_config.get(key, absent)
+            if isinstance(stored_value, list):
+                stored_value = tuple(stored_value)
             if stored_value != getattr(config, option):
                 raise ValueError(f"{where}: the run's refiner has {key} {stored_value}, not "
                                  f"{flag(option)} {getattr(config, option)}; resume with the "

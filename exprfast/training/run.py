@@ -73,7 +73,8 @@ _SHOWN_BAD_IMAGES = 3  # names in the warning; bad_images.txt lists them all
 def open_datasets(config: TrainConfig, warn: bool = True) -> tuple[FaceDataset, FaceDataset]:
     """The train (flipped if ``config.flip``) and val splits; ``warn``: about missing and
     undecodable images (both splits' ``skipped`` list them either way)."""
-    common = dict(attrs=config.attrs, limit=config.limit, cache_dir=config.cache_dir,
+    attrs = config.attrs and config.attrs + config.refiner_coupled  # the refiner's labels last
+    common = dict(attrs=attrs, limit=config.limit, cache_dir=config.cache_dir,
                   name="--data-root", warn=warn)
     return (open_split(config.data_root, config.img_size, "train", flip=config.flip, **common),
             open_split(config.data_root, config.img_size, "val", **common))

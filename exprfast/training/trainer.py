@@ -66,6 +66,10 @@ in the bundled model (docs/SMILES.md, "trained on the edits too"). ``refiner_hig
 a refiner whose change is high-passed (``MouthRefiner(highpass=...)``); measured from the
 6,000-step refiner, it reshaped the mouth with what the filter lets through and weakened the
 edits, while the same high-pass set on the refiner trained without it (at export) kept them.
+``refiner_coupled`` names attributes that the refiner and its critic are also given, from the
+data's labels (the data is opened with them after the model's ``attrs``; the model and its
+reader get only their own columns); in use each takes the model's first value
+(``MouthRefiner(coupled=...)``).
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
@@ -169,19 +173,23 @@ class Trainer:
         self.config, self.device = config, device
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = build(config.preset, config.img_size, train_set.attr_names,
+        # the data's labels: the model's attributes, then the refiner's coupled ones
+        attr_names = train_set.attr_names[:len(train_set.attr_names)
+                                          - len(config.refiner_coupled)]
+        self.model = build(config.preset, config.img_size, attr_names,
                            **config.model_overrides).to(device)
         self.reader = self.patch = self.refiner = self.refiner_critic = None
         self.mouth_reader = None
         if config.mouth_refiner:
-            n_attrs = len(train_set.attr_names)
+            n_attrs = len(attr_names)
             self.refiner = MouthRefiner(config.img_size, config.mouth_refiner, n_attrs,
-                                        highpass=config.refiner_highpass).to(device)
-            self.refiner_critic = MouthCritic(n_attrs=n_attrs).to(device)
+                                        highpass=config.refiner_highpass,
+                                        coupled=config.refiner_coupled).to(device)
+            self.refiner_critic = MouthCritic(n_attrs=self.refiner.n_values).to(device)
             if config.lambda_refiner_clf > 0:
                 self.mouth_reader = MouthReader(config.img_size, n_attrs=n_attrs).to(device)
         if config.lambda_clf > 0 or config.mouth_refiner:  # the refiner stage carries it
-            self.reader = AttributeReader(config.img_size, train_set.attr_names,
+            self.reader = AttributeReader(config.img_size, attr_names,
                                           luminance=config.reader_luminance,
                                           critic=config.patch_on_reader).to(device)
         if config.lambda_patch > 0 and not config.patch_on_reader:
@@ -267,6 +275,10 @@ class Trainer:
     def batch(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``number`` of the stream (this rank's share), on the device."""
         return self._to_device(*self.stream.batch(number))
+
+    def _model_attrs(self, labels: torch.Tensor) -> torch.Tensor:
+        """The model's columns of the data's ``labels`` (a refiner's coupled ones follow)."""
+        return labels[:, :len(self.model.attrs)]
 
     def _to_device(self, images: torch.Tensor, attrs: torch.Tensor):
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -376,10 +388,11 @@ class Trainer:
 
     def _refiner_update(self) -> dict[str, torch.Tensor]:
         """The mouth refiner's step (module docstring)."""
-        images, attrs = self.batch(self._batches_per_step * self.step)
-        edits = self.config.lambda_refiner_clf > 0
+        images, labels = self.batch(self._batches_per_step * self.step)
+        attrs = self._model_attrs(labels)
+        edits = self.config.lambda_refiner_clf > 0  # (never with coupled attributes)
         flipped = 1 - attribute_targets(attrs)
-        values = torch.cat([attrs, flipped.to(attrs.dtype)]) if edits else attrs
+        values = torch.cat([attrs, flipped.to(attrs.dtype)]) if edits else labels
         self.model.eval()
         with torch.no_grad(), self._autocast():
             z = self.model.encode(images)
@@ -396,7 +409,7 @@ class Trainer:
             redrawn = self.refiner_ddp(condition, values)
             logits = self.refiner_critic_ddp(torch.cat([condition[:n], condition]),
                                              torch.cat([real, redrawn.detach()]),
-                                             torch.cat([attrs, values]))
+                                             torch.cat([labels, values]))
             critic_loss = hinge_critic_loss(logits[:n], logits[n:])
         self._update(critic_loss, self.refiner_critic_optimizer)
         metrics = {"refiner_critic_loss": critic_loss.detach(),
@@ -448,7 +461,8 @@ class Trainer:
         top, bottom, left, right = refine_box(self.config.img_size)
         for start in range(0, n, self.config.batch_size):
             stop = min(start + self.config.batch_size, n)
-            images, attrs = self._to_device(*dataset.batch(range(start, stop)))
+            images, labels = self._to_device(*dataset.batch(range(start, stop)))
+            attrs = self._model_attrs(labels)  # a refiner's coupled ones follow, as in use
             targets = attribute_targets(attrs)
             with self._autocast():
                 z, x_hat = self.model(images, attrs)
@@ -482,7 +496,8 @@ class Trainer:
         refiner, when one is training)."""
         self.model.eval()
         refiner = self.refiner.eval() if self.refiner is not None else None
-        images, attrs = self._to_device(*dataset.batch(range(min(n_images, len(dataset)))))
+        images, labels = self._to_device(*dataset.batch(range(min(n_images, len(dataset)))))
+        attrs = self._model_attrs(labels)
         z = self.model.encode(images)
 
         def decode(values):
