@@ -300,7 +300,8 @@ def evaluate_dataset(
     ``side_effects`` ``{attr: {other: {"to_1", "real_1", "to_0", "real_0"}}}`` for each
     attribute ``other`` the classifier reads and the model does not have (of the images flipped
     to 1, the fraction the classifier reads as having ``other``; of the real images with the
-    attribute, the same; and at 0), ``mouth_detail`` (``sharpness`` of the reconstructions' mouths over the real ones'),
+    attribute, the same; and at 0), ``mouth_detail`` (``sharpness`` of the reconstructions'
+    mouths over the real ones'),
     ``refiner`` (whether one was used) and ``seconds``.
     """
     attrs = list(model.attrs) if attrs is None else list(check_attr_names(attrs))

@@ -20,13 +20,15 @@ takes the box at jittered places, so that it works wherever a mouth sits in it).
 ``highpass`` (σ in pixels, 0: off) keeps only the fine part of the change: its Gaussian blur is
 taken away, so the decoded box's coarse shape, which carries the edit, is the decoder's, and the
 refiner adds lines and texture only. A refiner free to change everything weakened the edits
-(flips 77.5 / 85.5 %); the same weights high-passed at σ = 1 px (the bundled model) kept them
-(97.8 / 98.7 %) with 3.3 times the decoder's mouth detail (docs/SMILES.md).
+(flips 77.5 / 85.5 %); the same weights high-passed at σ = 1 px kept them (97.8 / 98.7 %) with
+3.3 times the decoder's mouth detail (docs/SMILES.md). The bundled refiner is high-passed so too,
+and coupled (below).
 
 ``coupled`` names attributes that the refiner alone is conditioned on (e.g. Mouth_Slightly_Open):
 in training they are the data's labels; in use, where nothing sets them, each takes the value of
-the model's first attribute. Why: a fifth of the neutral training faces show teeth, so a value of
-Smiling alone does not tell the refiner whether to close a mouth or draw teeth into it.
+the model's first attribute. Why: a fifth of the neutral training faces have their mouth open,
+so a value of Smiling alone does not tell the refiner whether to close a mouth (measured in
+docs/SMILES.md, "told whether the mouth opens").
 """
 from __future__ import annotations
 
