@@ -248,6 +248,9 @@ def test_refining_edits_changes_what_the_refiner_learns(faces64, cache_dir, trai
     ({"refiner_coupled": ("Male", "Male")}, "names other attributes than --attrs, each once"),
     ({"refiner_coupled": ("Male",), "lambda_refiner_clf": 1.0},
      "--lambda-refiner-clf must be 0 with --refiner-coupled"),
+    ({"refiner_cycle": 1.5}, r"--refiner-cycle must be a fraction of the batch in \[0, 1\]"),
+    ({"refiner_cycle": float("nan")}, "--refiner-cycle must be a fraction"),
+    ({"refiner_cycle": 0.5, "mouth_refiner": 0}, "--refiner-cycle needs --mouth-refiner"),
 ])
 def test_refiner_flags_are_checked(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -287,6 +290,37 @@ def test_a_coupled_refiner_learns_from_the_data_labels_and_travels(faces64, cach
                                          r"--refiner-coupled \('Eyeglasses',\)"):
         training.train(config(faces64, tmp_path / "run", cache_dir, init_from=trained64,
                               refiner_coupled=("Eyeglasses",), steps=3, resume="auto"))
+
+
+def test_a_cycled_fraction_of_the_batch_is_refined_from_its_round_trip(faces64, cache_dir,
+                                                                       trained64, tmp_path,
+                                                                       monkeypatch):
+    """With --refiner-cycle 0.5 the batch's first half reaches the refiner (and its critic, as
+    the decoding beside the box) decoded from its round trip through the flipped values, the
+    rest from its reconstruction; the target stays the real face."""
+    monkeypatch.setattr(training.trainer, "_REFINE_JITTER", (0.0, 0.0))  # the box, unmoved
+    cycled = config(faces64, tmp_path / "run", cache_dir, init_from=trained64, refiner_cycle=0.5)
+    train_set, _ = training.open_datasets(cycled)
+    trainer = training.Trainer(cycled, train_set, torch.device("cpu"))
+    seen = []
+    trainer.refiner.stem.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    trainer.refiner_critic.layers[0].register_forward_pre_hook(
+        lambda module, inputs: seen.append(inputs[0]))
+    trainer.train_step()
+    images, attrs = trainer.batch(0)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        z = model.encode(images)
+        reconstructed = model.decode(z, attrs)
+        other = model.decode(z[:2], 1 - training.trainer.attribute_targets(attrs[:2]).float())
+        round_trip = model.decode(model.encode(other), attrs[:2])
+    top, bottom, left, right = refine_box(64)
+    box = (slice(None), slice(None), slice(top, bottom), slice(left, right))
+    expected = torch.cat([round_trip[box], reconstructed[2:][box]])
+    assert not torch.allclose(round_trip[box], reconstructed[:2][box], atol=1e-3)
+    torch.testing.assert_close(seen[0][:, :3], expected)  # the refiner's input
+    torch.testing.assert_close(seen[1][:, :3], torch.cat([expected, expected]))  # real, redrawn
+    torch.testing.assert_close(seen[1][:4, 3:6], images[box])  # the real boxes
 
 
 def test_model_files_carry_the_refiner_and_edits_use_it(trained64, tmp_path):

@@ -62,6 +62,7 @@ class TrainConfig:
     lambda_refiner_clf: float = 0.0
     refiner_highpass: float = 0.0
     refiner_coupled: tuple[str, ...] = ()
+    refiner_cycle: float = 0.0
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -155,6 +156,10 @@ class TrainConfig:
         require(isinstance(self.refiner_coupled, tuple)
                 and all(isinstance(a, str) and a for a in self.refiner_coupled),
                 "refiner_coupled", "must be attribute names")
+        require(is_number(self.refiner_cycle) and 0 <= self.refiner_cycle <= 1, "refiner_cycle",
+                "must be a fraction of the batch in [0, 1]")
+        require(self.refiner_cycle == 0 or self.mouth_refiner > 0, "refiner_cycle",
+                "needs --mouth-refiner (it chooses what the refiner is given)")
         if self.refiner_coupled:
             require(self.mouth_refiner > 0 and self.attrs is not None
                     and not set(self.refiner_coupled) & set(self.attrs)
@@ -320,6 +325,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "first attribute (e.g. Mouth_Slightly_Open with --attrs Smiling: "
                              "a smile put on opens the mouth, one taken off closes it; "
                              "default: none; measured in docs/SMILES.md)")
+    refine.add_argument("--refiner-cycle", type=float, default=d.refiner_cycle,
+                        metavar="FRACTION",
+                        help="give this fraction of each batch, instead of its reconstruction, "
+                             "its round trip through the other values: the face decoded with "
+                             "each attribute flipped, encoded again and decoded with its own "
+                             "values, an edit whose real face is known (default 0: "
+                             "reconstructions only; measured in docs/SMILES.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,

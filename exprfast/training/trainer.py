@@ -66,6 +66,11 @@ in the bundled model (docs/SMILES.md, "trained on the edits too"). ``refiner_hig
 a refiner whose change is high-passed (``MouthRefiner(highpass=...)``); measured from the
 6,000-step refiner, it reshaped the mouth with what the filter lets through and weakened the
 edits, while the same high-pass set on the refiner trained without it (at export) kept them.
+``refiner_cycle`` gives a fraction of each batch, in place of its reconstruction, its round
+trip through the other values, ``decode(encode(decode(z, flipped)), values)``: the decoder's edit
+of a face that had the other values, whose real face is the target, so the refiner learns from
+edits with the L1 loss and the critic alone, no reader to please (measured in docs/SMILES.md,
+"trained on round trips").
 ``refiner_coupled`` names attributes that the refiner and its critic are also given, from the
 data's labels (the data is opened with them after the model's ``attrs``; the model and its
 reader get only their own columns); in use each takes the model's first value
@@ -394,10 +399,14 @@ class Trainer:
         flipped = 1 - attribute_targets(attrs)
         values = torch.cat([attrs, flipped.to(attrs.dtype)]) if edits else labels
         self.model.eval()
+        cycled = round(self.config.refiner_cycle * len(images))  # the batch's first ones
         with torch.no_grad(), self._autocast():
             z = self.model.encode(images)
             decoded = (torch.cat(self.model.decode_many(z, [attrs, flipped])) if edits
                        else self.model.decode(z, attrs)).float()
+            if cycled:  # edits of faces that had the other values, back to the real ones
+                other = self.model.decode(z[:cycled], flipped[:cycled].to(attrs.dtype))
+                decoded[:cycled] = self.model.decode(self.model.encode(other), attrs[:cycled])
         size = self.config.img_size
         top, bottom, left, right = refine_box(size)
         reach = [round(f * size) for f in _REFINE_JITTER]
