@@ -31,10 +31,12 @@ taken off); a change of nothing returns the input exactly as well.
 **The mouth refiner.** With a model file that carries one (``models.MouthRefiner``, trained with
 ``--mouth-refiner``), every decoding an edit uses (``Editor.decode``) has its mouth redrawn by
 it first: the decoder's soft mouth with sharper lip lines drawn in. The bundled model carries
-one whose change is high-passed (σ = 1 px), so the mouth's shape, and with it the edit, stays
-the decoder's, and which was told in training whether the mouth is open (Mouth_Slightly_Open,
-set to the Smiling value in use): 3.4 times the decoder's mouth detail, the flips within a point
-of its own (docs/SMILES.md, "A mouth refiner"). ``editor.refiner = None`` (``exprfast edit
+one whose change is high-passed (σ = 2 px), so the mouth's shape, and with it the edit, stays
+the decoder's; it was told in training whether the mouth is open (Mouth_Slightly_Open, set to
+the Smiling value in use) and trained on round trips through the flipped value as well as on
+reconstructions: 3.6 times the decoder's mouth detail, the flips within a point of its own, and
+smiles put on open as often as real ones, with a pale band of teeth (docs/SMILES.md, "A mouth
+refiner"). ``editor.refiner = None`` (``exprfast edit
 --no-refiner``) shows the decoder's own.
 """
 from __future__ import annotations

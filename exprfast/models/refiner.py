@@ -21,8 +21,8 @@ takes the box at jittered places, so that it works wherever a mouth sits in it).
 taken away, so the decoded box's coarse shape, which carries the edit, is the decoder's, and the
 refiner adds lines and texture only. A refiner free to change everything weakened the edits
 (flips 77.5 / 85.5 %); the same weights high-passed at σ = 1 px kept them (97.8 / 98.7 %) with
-3.3 times the decoder's mouth detail (docs/SMILES.md). The bundled refiner is high-passed so too,
-and coupled (below).
+3.3 times the decoder's mouth detail (docs/SMILES.md). The bundled refiner is high-passed too
+(σ = 2 px), coupled (below), and was trained on round trips as well (``--refiner-cycle``).
 
 ``coupled`` names attributes that the refiner alone is conditioned on (e.g. Mouth_Slightly_Open):
 in training they are the data's labels; in use, where nothing sets them, each takes the value of
