@@ -173,6 +173,19 @@ def test_the_mouth_reader_reads_a_blurred_box():
     assert (blurred_grid - grid.mean()).abs().max() < 0.01  # the grid is gone, its mean kept
 
 
+def one_step_seen(train_config):
+    """The training data of ``train_config``, a trainer of it after one step, and the inputs its
+    refiner's U-Net and its critic saw in that step (in that order)."""
+    train_set, _ = training.open_datasets(train_config)
+    trainer = training.Trainer(train_config, train_set, torch.device("cpu"))
+    seen = []
+    trainer.refiner.stem.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    trainer.refiner_critic.layers[0].register_forward_pre_hook(
+        lambda module, inputs: seen.append(inputs[0]))
+    trainer.train_step()
+    return train_set, trainer, seen
+
+
 @pytest.mark.parametrize("lambda_refiner_clf", [0.0, 1.0])
 def test_the_refiner_stage_trains_the_refiner_alone_and_resumes_exactly(faces64, cache_dir,
                                                                       trained64, tmp_path,
@@ -265,15 +278,9 @@ def test_a_coupled_refiner_learns_from_the_data_labels_and_travels(faces64, cach
     refiner couples Male to Smiling; a resume with other coupled attributes is refused."""
     coupled = config(faces64, tmp_path / "run", cache_dir, init_from=trained64,
                      refiner_coupled=("Male",), steps=2)
-    train_set, _ = training.open_datasets(coupled)
+    train_set, trainer, seen = one_step_seen(coupled)
     assert tuple(train_set.attr_names) == ("Smiling", "Male")
-    trainer = training.Trainer(coupled, train_set, torch.device("cpu"))
     assert tuple(trainer.model.attrs) == ("Smiling",) and trainer.refiner.n_values == 2
-    seen = []
-    trainer.refiner.stem.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
-    trainer.refiner_critic.layers[0].register_forward_pre_hook(
-        lambda module, inputs: seen.append(inputs[0]))
-    trainer.train_step()
     _, labels = trainer.batch(0)
     assert len(set(labels[:, 0].tolist())) == 2 and len(set(labels[:, 1].tolist())) == 2
     refiner_maps, critic_maps = seen[0][:, 3:, 0, 0], seen[1][:, 6:, 0, 0]
@@ -300,13 +307,7 @@ def test_a_cycled_fraction_of_the_batch_is_refined_from_its_round_trip(faces64, 
     rest from its reconstruction; the target stays the real face."""
     monkeypatch.setattr(training.trainer, "_REFINE_JITTER", (0.0, 0.0))  # the box, unmoved
     cycled = config(faces64, tmp_path / "run", cache_dir, init_from=trained64, refiner_cycle=0.5)
-    train_set, _ = training.open_datasets(cycled)
-    trainer = training.Trainer(cycled, train_set, torch.device("cpu"))
-    seen = []
-    trainer.refiner.stem.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
-    trainer.refiner_critic.layers[0].register_forward_pre_hook(
-        lambda module, inputs: seen.append(inputs[0]))
-    trainer.train_step()
+    _, trainer, seen = one_step_seen(cycled)
     images, attrs = trainer.batch(0)
     model = trainer.model.eval()
     with torch.no_grad():
