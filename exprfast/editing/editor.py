@@ -36,8 +36,7 @@ the decoder's; it was told in training whether the mouth is open (Mouth_Slightly
 the Smiling value in use) and trained on round trips through the flipped value as well as on
 reconstructions: 3.6 times the decoder's mouth detail, the flips within a point of its own, and
 smiles put on open as often as real ones, with a pale band of teeth (docs/SMILES.md, "A mouth
-refiner"). ``editor.refiner = None`` (``exprfast edit
---no-refiner``) shows the decoder's own.
+refiner"). ``editor.refiner = None`` (``exprfast edit --no-refiner``) shows the decoder's own.
 """
 from __future__ import annotations
 
