@@ -49,7 +49,7 @@ from .checkpoints import save_classifier
 from .checks import check_attr_names, check_positive_int
 from .data import (DEFAULT_ATTRS, FACE_REGIONS, FaceDataset, crop_region, open_split,
                    region_box)
-from .models import AttributeClassifier, build, classifier_loss
+from .models import AttributeClassifier, build, classifier_loss, resize
 from .models.classifiers import luma
 
 _MAX_GRAD_NORM = 5.0  # Fader's classifier.py default
@@ -323,7 +323,8 @@ def evaluate_dataset(
         refiner.to(device)
 
     def show(decoded, values):  # what edits show: the decoding, refined when there is one
-        return decoded if refiner is None else refiner(decoded, values)
+        # (at the model's size: a finer refiner's faces are judged as the model's)
+        return decoded if refiner is None else resize(refiner(decoded, values), decoded.shape[-1])
 
     real_hits = torch.zeros(len(attrs), dtype=torch.float64)
     swap_hits = torch.zeros(len(attrs), 2, 2, dtype=torch.float64)  # attr, value set, true

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import TINY, make_celebahq
 from exprfast import checkpoints, editing, evaluation, models, training
 from exprfast.cli import main as cli_main
-from exprfast.models import MouthCritic, MouthReader, MouthRefiner, refine_box
+from exprfast.models import MouthCritic, MouthReader, MouthRefiner, refine_box, resize, upsample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,6 +88,39 @@ def test_a_fresh_refiner_changes_nothing_and_a_trained_one_only_its_box():
         refiner(torch.zeros(1, 3, 128, 128), values[:1])
     with pytest.raises(ValueError, match=r"attrs must have shape \(2, 1\)"):
         refiner(faces, torch.zeros(2, 2))
+
+
+def test_a_finer_refiner_draws_its_box_at_twice_the_size():
+    """scale=2: the face comes back at twice its side, upsampled (bilinear) wherever the
+    refiner does not draw, the change drawn at the finer size inside the box."""
+    faces = torch.rand(2, 3, 64, 64) * 2 - 1
+    values = torch.tensor([[0.0], [1.0]])
+    up = upsample(faces, 2)
+    assert up.shape == (2, 3, 128, 128)
+    assert torch.equal(MouthRefiner(64, width=4, scale=2)(faces, values), up)
+    torch.manual_seed(0)
+    refiner = MouthRefiner(64, width=4, scale=2, highpass=1.0).eval()
+    torch.nn.init.normal_(refiner.out.weight, std=0.1)
+    assert refiner.config == {"img_size": 64, "width": 4, "n_attrs": 1, "highpass": 1.0,
+                              "scale": 2} and refiner.out_size == 128
+    assert len(refiner.highpass_taps) == len(models.refiner.gaussian_taps(2.0))  # σ in 64 px
+    with torch.no_grad():
+        out = refiner(faces, values)
+        top, bottom, left, right = refine_box(64)
+        box = faces[:, :, top:bottom, left:right]
+        drawn = refiner.redraw(box, values) - upsample(box, 2)
+    assert drawn.shape == (2, 3, 2 * (bottom - top), 2 * (right - left))
+    top, bottom, left, right = refine_box(128)
+    outside = torch.ones(128, 128, dtype=torch.bool)
+    outside[top:bottom, left:right] = False
+    assert torch.equal(out[:, :, outside], up[:, :, outside])
+    middle = (slice(None), slice(None), slice(16, -16), slice(16, -16))
+    change = (out - up)[:, :, top:bottom, left:right]
+    assert change[middle].abs().max() > 0.01
+    torch.testing.assert_close(change[middle], drawn[middle])
+    for wrong in (3, 0, True, 2.0):
+        with pytest.raises(ValueError, match="scale must be 1 or 2"):
+            MouthRefiner(64, scale=wrong)
 
 
 def test_a_high_passed_refiner_keeps_the_decoded_box_coarse_shape():
@@ -264,6 +297,10 @@ def test_refining_edits_changes_what_the_refiner_learns(faces64, cache_dir, trai
     ({"refiner_cycle": 1.5}, r"--refiner-cycle must be a fraction of the batch in \[0, 1\]"),
     ({"refiner_cycle": float("nan")}, "--refiner-cycle must be a fraction"),
     ({"refiner_cycle": 0.5, "mouth_refiner": 0}, "--refiner-cycle needs --mouth-refiner"),
+    ({"refiner_scale": 4}, "--refiner-scale must be 1 or 2"),
+    ({"refiner_scale": 2, "mouth_refiner": 0}, "--refiner-scale needs --mouth-refiner"),
+    ({"refiner_scale": 2, "lambda_refiner_clf": 1.0},
+     "--refiner-scale must be 1 with --lambda-refiner-clf"),
 ])
 def test_refiner_flags_are_checked(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -322,6 +359,52 @@ def test_a_cycled_fraction_of_the_batch_is_refined_from_its_round_trip(faces64, 
     torch.testing.assert_close(seen[0][:, :3], expected)  # the refiner's input
     torch.testing.assert_close(seen[1][:, :3], torch.cat([expected, expected]))  # real, redrawn
     torch.testing.assert_close(seen[1][:4, 3:6], images[box])  # the real boxes
+
+
+def test_a_finer_refiner_learns_from_the_finer_faces_and_edits_come_out_at_its_size(
+        faces64, cache_dir, trained64, tmp_path, monkeypatch):
+    """--refiner-scale 2 on a 64 px model: the data comes at 128 px, the model sees it resized
+    to 64, the refiner draws 128 px boxes and its critic gets the real 128 px boxes beside the
+    upsampled decoded ones; the exported refiner makes edits at 128 px, evaluation judges them
+    at 64; a resume at another scale is refused."""
+    root = make_celebahq(tmp_path / "faces", n=40, size=128)
+    (root / "images64").symlink_to(faces64 / "images64")  # the same names, other pixels
+    monkeypatch.setattr(training.trainer, "_REFINE_JITTER", (0.0, 0.0))  # the box, unmoved
+    finer = config(root, tmp_path / "run", cache_dir, init_from=trained64, refiner_scale=2,
+                   steps=2)
+    train_set, trainer, seen = one_step_seen(finer)
+    fine, attrs = trainer.batch(0)
+    assert fine.shape[-1] == 128 and trainer.refiner.out_size == 128
+    model = trainer.model.eval()
+    with torch.no_grad():
+        decoded = model.decode(model.encode(resize(fine, 64)), attrs)
+    top, bottom, left, right = refine_box(64)
+    box = decoded[:, :, top:bottom, left:right]
+    torch.testing.assert_close(seen[0][:, :3], upsample(box, 2))  # the refiner's input
+    shown = seen[1]  # the critic's: decoded box upsampled, then the candidate
+    torch.testing.assert_close(shown[:, :3], torch.cat([upsample(box, 2)] * 2))
+    top, bottom, left, right = refine_box(128)
+    torch.testing.assert_close(shown[:4, 3:6], fine[:, :, top:bottom, left:right])
+
+    result = training.train(finer)
+    assert math.isfinite(result["val_mouth_l1_refined"])
+    exported = tmp_path / "finer.pt"
+    assert cli_main(["export", result["checkpoint"], "-o", str(exported), "--float32"]) == 0
+    editor = editing.load(exported)
+    assert editor.refiner.scale == 2 and editor.out_size == 128
+    faces = torch.rand(2, 3, 64, 64) * 2 - 1
+    z = editor.model.encode(faces)
+    assert editor.decode(z, torch.tensor([[0.0], [1.0]])).shape == (2, 3, 128, 128)
+    edited = editor.edit(faces, {"Smiling": 1.0}, current={"Smiling": 0.0}, paste="hybrid")
+    assert edited.shape == faces.shape and torch.isfinite(edited).all()
+    faces64_val = training.open_datasets(config(faces64, tmp_path / "unused", cache_dir,
+                                                init_from=trained64))[1]
+    scores = evaluation.evaluate_dataset(editor.model, editor.reader, faces64_val,
+                                         refiner=editor.refiner)
+    assert scores["refiner"] and math.isfinite(scores["psnr"])
+    with pytest.raises(ValueError, match=r"the run's refiner has scale 2, not --refiner-scale 1"):
+        training.train(config(root, tmp_path / "run", cache_dir, init_from=trained64, steps=3,
+                              resume="auto"))
 
 
 def test_model_files_carry_the_refiner_and_edits_use_it(trained64, tmp_path):

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_model
 from ..models.classifiers import luma
+from ..models.refiner import resize as _resize
 from .faces import require_cv2
 
 ESTIMATE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -108,6 +109,12 @@ class Editor:
 
     def __repr__(self) -> str:
         return f"Editor(attrs={self.attrs}, img_size={self.img_size}, device={str(self.device)!r})"
+
+    @property
+    def out_size(self) -> int:
+        """The side of the faces ``decode`` returns: ``img_size``, or the refiner's finer one
+        (``MouthRefiner(scale=2)``)."""
+        return self.img_size if self.refiner is None else self.refiner.out_size
 
     # -- the values
 
@@ -220,7 +227,7 @@ class Editor:
         """The last step of ``edit``: the edited faces from the model's decodings.
 
         images: the faces, float ``(N, 3, S, S)`` in [-1, 1] on the model's device.
-        decoded: ``decode(z, new values)`` of their latents, ``(N, 3, img_size, img_size)``.
+        decoded: ``decode(z, new values)`` of their latents, ``(N, 3, out_size, out_size)``.
         current_decoded: ``decode(z, current values)``; needed unless ``paste`` is
             ``"replace"``.
         paste: one of ``PASTE_MODES`` (module docstring).
@@ -241,7 +248,7 @@ class Editor:
         if paste == "residual":
             return images.add(_resize(change, size)).clamp_(-1, 1)
         low, high = HYBRID_CHANGE
-        k = self._window()
+        k = self._window(change.shape[-1])
         local = _box_blur(change.abs().mean(1, keepdim=True), k)
         weight = _box_blur(local.sub(low).div(high - low).clamp(0, 1), k)
         if paste == "warp":  # move the photo where the hybrid paste would draw
@@ -267,14 +274,17 @@ class Editor:
             return pixels.to(torch.uint8).numpy()
         # OpenCV's (prev, next) = (target, source): target(p) ~ source(p + flow(p))
         flows = [cv2.calcOpticalFlowFarneback(t, s, None, pyr_scale=0.5, levels=3,
-                                              winsize=self._window(), iterations=5, poly_n=5,
+                                              winsize=self._window(source.shape[-1]),
+                                              iterations=5, poly_n=5,
                                               poly_sigma=1.1, flags=0)
                  for s, t in zip(grey(source), grey(target))]
         return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).to(source.device)
 
-    def _window(self) -> int:
-        """The pastes' smoothing window and the flow's: odd, about 1/16 of the face."""
-        return self.img_size // 16 | 1
+    @staticmethod
+    def _window(size: int) -> int:
+        """The pastes' smoothing window and the flow's on ``size``-px decodings: odd, about 1/16
+        of the face."""
+        return size // 16 | 1
 
     def detail(self, images: torch.Tensor) -> torch.Tensor:
         """The part of faces ``images`` (float ``(N, 3, S, S)``) finer than the model's
@@ -390,13 +400,6 @@ def check_paste(paste: str) -> None:
 def _box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
     """Mean over a k x k window (k odd), edges replicated: same size as ``x``."""
     return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
-                         antialias=True)
 
 
 def _resize_flow(flow: torch.Tensor, size: int) -> torch.Tensor:

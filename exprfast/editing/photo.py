@@ -73,7 +73,7 @@ def edit_photo(image, changes: Mapping[str, float], model=None, face: int | None
         found = [found[face]]
     target = pixels if mode != "L" else np.asarray(photo.convert("L"))
     for detected in found:
-        size = editor.img_size
+        size = editor.out_size
         if paste != "replace":
             size = int(min(MAX_WORK_SIZE, max(size, round(detected.crop_side))))
         crop = facelib.crop_face(pixels, detected, size)

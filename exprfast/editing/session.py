@@ -43,7 +43,7 @@ class _PreparedFace:
     crop: np.ndarray  # uint8 (S, S, 3) crop of the original photo at the work size S
     z: torch.Tensor  # (1, ...) latent on the model's device
     values: torch.Tensor  # (1, n_attrs) current values on the model's device
-    current_decoded: torch.Tensor  # decode(z, values), (1, 3, img_size, img_size)
+    current_decoded: torch.Tensor  # decode(z, values), (1, 3, out_size, out_size)
     detail: torch.Tensor  # Editor.detail of the crop, (1, 3, S, S): the same for every render
 
 

@@ -24,6 +24,12 @@ refiner adds lines and texture only. A refiner free to change everything weakene
 3.3 times the decoder's mouth detail (docs/SMILES.md). The bundled refiner is high-passed too
 (σ = 2 px), coupled (below), and was trained on round trips as well (``--refiner-cycle``).
 
+``scale`` (1 or 2) redraws the box at that many times the model's resolution: the decoded box
+is upsampled (bilinear) and the U-Net draws at the finer size, learning from the real faces at
+that size, and ``forward`` returns the whole face at it (the rest upsampled). Why: at 128 px a
+tooth is 2-3 pixels wide and the gaps between teeth are one grey pixel; at 256 px both are drawn
+(docs/SMILES.md, "Teeth at twice the resolution").
+
 ``coupled`` names attributes that the refiner alone is conditioned on (e.g. Mouth_Slightly_Open):
 in training they are the data's labels; in use, where nothing sets them, each takes the value of
 the model's first attribute. Why: a fifth of the neutral training faces have their mouth open,
@@ -66,6 +72,21 @@ def gaussian_blur(images: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
+def upsample(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """``images`` (N, C, H, W) at ``scale`` times the size (bilinear; themselves at 1)."""
+    return images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
+                                                   align_corners=False)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square ``images`` (N, C, S, S) at ``size`` px: antialiased bicubic, as the editor
+    resizes a photo's face for the model (themselves when already that size)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False,
+                         antialias=True)
+
+
 def refine_box(size: int) -> tuple[int, int, int, int]:
     """``REFINE_BOX`` in pixels of a ``size``-px face: (top, bottom, left, right)."""
     return tuple(round(f * size) for f in REFINE_BOX)
@@ -99,7 +120,8 @@ class MouthRefiner(nn.Module):
     no normalisation) whose output conv starts at zero: a fresh refiner changes nothing."""
 
     def __init__(self, img_size: int = 128, width: int = 24, n_attrs: int = 1,
-                 highpass: float = 0.0, coupled: tuple[str, ...] | list[str] = ()) -> None:
+                 highpass: float = 0.0, coupled: tuple[str, ...] | list[str] = (),
+                 scale: int = 1) -> None:
         super().__init__()
         check_img_size(img_size, minimum=64)
         for name, value in (("width", width), ("n_attrs", n_attrs)):
@@ -112,14 +134,20 @@ class MouthRefiner(nn.Module):
         if not isinstance(coupled, (list, tuple)) or not all(isinstance(a, str) and a
                                                              for a in coupled):
             raise ValueError(f"coupled must be a list of attribute names, got {coupled!r}")
+        if not isinstance(scale, int) or isinstance(scale, bool) or scale not in (1, 2):
+            raise ValueError(f"scale must be 1 or 2, got {scale!r}")
         self.config = {"img_size": img_size, "width": width, "n_attrs": n_attrs}
         if highpass:  # files written before the option have no key: 0
             self.config["highpass"] = float(highpass)
         if coupled:  # nor this one: none
             self.config["coupled"] = list(coupled)
+        if scale != 1:  # nor this one: 1
+            self.config["scale"] = scale
         self.img_size, self.n_attrs, self.coupled = img_size, n_attrs, tuple(coupled)
-        self.register_buffer("highpass_taps", gaussian_taps(highpass) if highpass else None,
-                             persistent=False)
+        self.scale, self.out_size = scale, img_size * scale
+        # highpass is in the model's pixels; the change is drawn at scale times finer ones
+        self.register_buffer("highpass_taps", gaussian_taps(highpass * scale) if highpass
+                             else None, persistent=False)
         widths = [width * 2 ** k for k in range(_DEPTH + 1)]  # 1, 2, 4, 8 x width
         self.stem = _conv(3 + self.n_values, widths[0])
         self.down = nn.ModuleList(_conv(a, b, down=True) for a, b in zip(widths, widths[1:]))
@@ -129,9 +157,10 @@ class MouthRefiner(nn.Module):
         self.out = _conv(widths[0], 3)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        top, bottom, left, right = refine_box(img_size)
+        top, bottom, left, right = refine_box(self.out_size)
         self.register_buffer("fade", _fade(bottom - top, right - left,
-                                           max(1, round(FEATHER * img_size))), persistent=False)
+                                           max(1, round(FEATHER * self.out_size))),
+                             persistent=False)
 
     @property
     def n_values(self) -> int:
@@ -156,7 +185,9 @@ class MouthRefiner(nn.Module):
 
     def redraw(self, box: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         """``box`` (N, 3, H, W), H and W multiples of 8, decoded with attribute values
-        ``attrs`` (N, n_values: the model's, then the coupled ones), plus the refiner's change."""
+        ``attrs`` (N, n_values: the model's, then the coupled ones), upsampled ``scale`` times,
+        plus the refiner's change."""
+        box = upsample(box, self.scale)
         h = F.leaky_relu(self.stem(_with_values(box, attrs)), 0.2)
         skips = []
         for conv in self.down:
@@ -172,9 +203,9 @@ class MouthRefiner(nn.Module):
         return box + change
 
     def forward(self, faces: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        """Decoded ``(N, 3, img_size, img_size)`` faces with their ``REFINE_BOX`` redrawn;
-        ``attrs``: the ``(N, n_attrs)`` values they were decoded with (the coupled attributes
-        take the first one's)."""
+        """Decoded ``(N, 3, img_size, img_size)`` faces with their ``REFINE_BOX`` redrawn, at
+        ``out_size`` (``scale`` times img_size); ``attrs``: the ``(N, n_attrs)`` values they were
+        decoded with (the coupled attributes take the first one's)."""
         if faces.dim() != 4 or tuple(faces.shape[1:]) != (3, self.img_size, self.img_size):
             raise ValueError(f"faces must have shape (N, 3, {self.img_size}, {self.img_size}), "
                              f"got {list(faces.shape)}")
@@ -184,8 +215,11 @@ class MouthRefiner(nn.Module):
         values = torch.cat([attrs, attrs[:, :1].expand(-1, len(self.coupled))], 1)
         top, bottom, left, right = refine_box(self.img_size)
         box = faces[:, :, top:bottom, left:right]
-        change = (self.redraw(box, values) - box) * self.fade.to(faces.dtype)
-        return faces + F.pad(change, (left, self.img_size - right, top, self.img_size - bottom))
+        change = (self.redraw(box, values) - upsample(box, self.scale)) * self.fade.to(faces.dtype)
+        size = self.out_size
+        faces = upsample(faces, self.scale)
+        top, bottom, left, right = refine_box(size)
+        return faces + F.pad(change, (left, size - right, top, size - bottom))
 
 
 def _fade(height: int, width: int, ramp: int) -> torch.Tensor:

@@ -63,6 +63,7 @@ class TrainConfig:
     refiner_highpass: float = 0.0
     refiner_coupled: tuple[str, ...] = ()
     refiner_cycle: float = 0.0
+    refiner_scale: int = 1
     # run
     run_dir: str = "runs/train"
     resume: str | None = None
@@ -160,6 +161,12 @@ class TrainConfig:
                 "must be a fraction of the batch in [0, 1]")
         require(self.refiner_cycle == 0 or self.mouth_refiner > 0, "refiner_cycle",
                 "needs --mouth-refiner (it chooses what the refiner is given)")
+        require(is_int(self.refiner_scale, 1) and self.refiner_scale <= 2,
+                "refiner_scale", "must be 1 or 2")
+        require(self.refiner_scale == 1 or self.mouth_refiner > 0, "refiner_scale",
+                "needs --mouth-refiner (it sets the size the refiner draws at)")
+        require(self.refiner_scale == 1 or self.lambda_refiner_clf == 0, "refiner_scale",
+                "must be 1 with --lambda-refiner-clf (its mouth reader reads the model's size)")
         if self.refiner_coupled:
             require(self.mouth_refiner > 0 and self.attrs is not None
                     and not set(self.refiner_coupled) & set(self.attrs)
@@ -332,6 +339,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "each attribute flipped, encoded again and decoded with its own "
                              "values, an edit whose real face is known (default 0: "
                              "reconstructions only; measured in docs/SMILES.md)")
+    refine.add_argument("--refiner-scale", type=int, choices=(1, 2), default=d.refiner_scale,
+                        help="draw the mouth at this many times --img-size, learning from the "
+                             "real faces at that size (the data must hold them: 2 at 128 px "
+                             "takes the 256 px faces, the others are skipped; the model sees "
+                             "them averaged down); edits come out at that size (default 1; "
+                             "measured in docs/SMILES.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
@@ -499,7 +512,8 @@ def check_resumable(config: TrainConfig, checkpoint: dict, where: str,
     if "refiner" in checkpoint and isinstance(refiner_config, dict):
         for key, option, absent in (("width", "mouth_refiner", 0),
                                     ("highpass", "refiner_highpass", 0),
-                                    ("coupled", "refiner_coupled", ())):
+                                    ("coupled", "refiner_coupled", ()),
+                                    ("scale", "refiner_scale", 1)):
             stored_value = refiner_config.get(key, absent)
             if isinstance(stored_value, list):
                 stored_value = tuple(stored_value)

@@ -76,8 +76,9 @@ def open_datasets(config: TrainConfig, warn: bool = True) -> tuple[FaceDataset, 
     attrs = config.attrs and config.attrs + config.refiner_coupled  # the refiner's labels last
     common = dict(attrs=attrs, limit=config.limit, cache_dir=config.cache_dir,
                   name="--data-root", warn=warn)
-    return (open_split(config.data_root, config.img_size, "train", flip=config.flip, **common),
-            open_split(config.data_root, config.img_size, "val", **common))
+    size = config.img_size * config.refiner_scale  # a finer refiner learns from finer faces
+    return (open_split(config.data_root, size, "train", flip=config.flip, **common),
+            open_split(config.data_root, size, "val", **common))
 
 
 def train(config: TrainConfig, explicit: Collection[str] | None = None) -> dict:

@@ -74,7 +74,10 @@ edits with the L1 loss and the critic alone, no reader to please (measured in do
 ``refiner_coupled`` names attributes that the refiner and its critic are also given, from the
 data's labels (the data is opened with them after the model's ``attrs``; the model and its
 reader get only their own columns); in use each takes the model's first value
-(``MouthRefiner(coupled=...)``).
+(``MouthRefiner(coupled=...)``). ``refiner_scale`` 2 opens the data at twice ``img_size``
+(``training.open_datasets``): the model is given the faces resized to its size, the refiner
+draws its box at the data's size and learns from the real faces' boxes there, and the critic
+sees the decoded box upsampled beside them (``MouthRefiner(scale=...)``).
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
@@ -96,7 +99,8 @@ from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION, ModelFile
 from ..data import FaceDataset, crop_region
 from ..models import (AttributeReader, MouthCritic, MouthReader, MouthRefiner,
                       PatchDiscriminator, build, classifier_loss, critic_loss, hinge_critic_loss,
-                      hinge_generator_loss, least_squares_loss, refine_box)
+                      hinge_generator_loss, least_squares_loss, refine_box, resize,
+                      upsample)
 from .config import TrainConfig, check_resumable
 from .optim import FlatAdam
 from .stream import BatchStream, seed_rngs
@@ -189,7 +193,8 @@ class Trainer:
             n_attrs = len(attr_names)
             self.refiner = MouthRefiner(config.img_size, config.mouth_refiner, n_attrs,
                                         highpass=config.refiner_highpass,
-                                        coupled=config.refiner_coupled).to(device)
+                                        coupled=config.refiner_coupled,
+                                        scale=config.refiner_scale).to(device)
             self.refiner_critic = MouthCritic(n_attrs=self.refiner.n_values).to(device)
             if config.lambda_refiner_clf > 0:
                 self.mouth_reader = MouthReader(config.img_size, n_attrs=n_attrs).to(device)
@@ -391,9 +396,15 @@ class Trainer:
         self._update(loss, self.patch_optimizer)
         return loss.detach()
 
+    def _model_size(self, images: torch.Tensor) -> torch.Tensor:
+        """Faces of the data (``refiner_scale`` times the model's size) as the model takes
+        them."""
+        return resize(images, self.config.img_size).contiguous(memory_format=self.memory_format)
+
     def _refiner_update(self) -> dict[str, torch.Tensor]:
         """The mouth refiner's step (module docstring)."""
-        images, labels = self.batch(self._batches_per_step * self.step)
+        fine, labels = self.batch(self._batches_per_step * self.step)  # at the refiner's size
+        images = self._model_size(fine)
         attrs = self._model_attrs(labels)
         edits = self.config.lambda_refiner_clf > 0  # (never with coupled attributes)
         flipped = 1 - attribute_targets(attrs)
@@ -407,22 +418,25 @@ class Trainer:
             if cycled:  # edits of faces that had the other values, back to the real ones
                 other = self.model.decode(z[:cycled], flipped[:cycled].to(attrs.dtype))
                 decoded[:cycled] = self.model.decode(self.model.encode(other), attrs[:cycled])
-        size = self.config.img_size
+        size, scale = self.config.img_size, self.config.refiner_scale
         top, bottom, left, right = refine_box(size)
         reach = [round(f * size) for f in _REFINE_JITTER]
         dy, dx = (int(torch.randint(-r, r + 1, ())) for r in reach)
         rows, cols = slice(top + dy, bottom + dy), slice(left + dx, right + dx)
-        n, condition, real = len(images), decoded[:, :, rows, cols], images[:, :, rows, cols]
+        fine_rows, fine_cols = (slice(scale * r.start, scale * r.stop) for r in (rows, cols))
+        n, condition = len(images), decoded[:, :, rows, cols]
+        real = fine[:, :, fine_rows, fine_cols]
+        shown = upsample(condition, scale)  # the decoded box as the critic sees it
         self.refiner.train()
         with self._autocast():  # real boxes against every redrawn one, edits included
             redrawn = self.refiner_ddp(condition, values)
-            logits = self.refiner_critic_ddp(torch.cat([condition[:n], condition]),
+            logits = self.refiner_critic_ddp(torch.cat([shown[:n], shown]),
                                              torch.cat([real, redrawn.detach()]),
                                              torch.cat([labels, values]))
             critic_loss = hinge_critic_loss(logits[:n], logits[n:])
         self._update(critic_loss, self.refiner_critic_optimizer)
         metrics = {"refiner_critic_loss": critic_loss.detach(),
-                   "decoded_l1": F.l1_loss(condition[:n], real).detach()}
+                   "decoded_l1": F.l1_loss(shown[:n], real).detach()}
         if edits:  # the mouth reader learns the attributes from the real boxes
             with self._autocast():
                 real_logits = self.mouth_reader_ddp(real)
@@ -432,7 +446,7 @@ class Trainer:
         with _frozen(self.refiner_critic, *([self.mouth_reader] if edits else [])), \
                 self._autocast():
             l1 = F.l1_loss(redrawn[:n].float(), real)
-            adversarial = hinge_generator_loss(self.refiner_critic(condition, redrawn, values))
+            adversarial = hinge_generator_loss(self.refiner_critic(shown, redrawn, values))
             loss = self.config.lambda_refiner_l1 * l1 + adversarial
             if edits:  # every redrawn box, reconstruction or edit, must read as its values
                 logits = self.mouth_reader(redrawn)
@@ -467,10 +481,12 @@ class Trainer:
             self.refiner.eval()
         n = min(n_images, len(dataset))
         squared_error = hits = flip_hits = box_error = refined_error = 0.0
-        top, bottom, left, right = refine_box(self.config.img_size)
+        scale = self.config.refiner_scale
+        top, bottom, left, right = refine_box(self.config.img_size * scale)
         for start in range(0, n, self.config.batch_size):
             stop = min(start + self.config.batch_size, n)
-            images, labels = self._to_device(*dataset.batch(range(start, stop)))
+            fine, labels = self._to_device(*dataset.batch(range(start, stop)))
+            images = self._model_size(fine)
             attrs = self._model_attrs(labels)  # a refiner's coupled ones follow, as in use
             targets = attribute_targets(attrs)
             with self._autocast():
@@ -479,7 +495,8 @@ class Trainer:
                 if self.reader is not None:
                     x_flip = self.model.decode(z, 1 - targets)
                     if self.refiner is not None:
-                        x_flip = self.refiner(x_flip.float(), (1 - targets).to(attrs.dtype))
+                        x_flip = self._model_size(self.refiner(x_flip.float(),
+                                                               (1 - targets).to(attrs.dtype)))
                     flip_logits = self.reader(x_flip)
                     flip_hits += (flip_logits.argmax(-1) == 1 - targets).float().mean().item() \
                         * len(images)
@@ -488,8 +505,9 @@ class Trainer:
             if self.refiner is not None:
                 box = (slice(None), slice(None), slice(top, bottom), slice(left, right))
                 refined = self.refiner(x_hat.float(), attrs)
-                box_error += F.l1_loss(x_hat.float()[box], images[box]).item() * len(images)
-                refined_error += F.l1_loss(refined[box], images[box]).item() * len(images)
+                decoded = upsample(x_hat.float(), scale)
+                box_error += F.l1_loss(decoded[box], fine[box]).item() * len(images)
+                refined_error += F.l1_loss(refined[box], fine[box]).item() * len(images)
         result = {"val_recon_mse": squared_error / images[0].numel() / n, "val_dis_acc": hits / n}
         if self.reader is not None:
             result["val_flip_acc"] = flip_hits / n
@@ -505,15 +523,15 @@ class Trainer:
         refiner, when one is training)."""
         self.model.eval()
         refiner = self.refiner.eval() if self.refiner is not None else None
-        images, labels = self._to_device(*dataset.batch(range(min(n_images, len(dataset)))))
+        fine, labels = self._to_device(*dataset.batch(range(min(n_images, len(dataset)))))
         attrs = self._model_attrs(labels)
-        z = self.model.encode(images)
+        z = self.model.encode(self._model_size(fine))
 
         def decode(values):
             decoded = self.model.decode(z, values)
             return decoded if refiner is None else refiner(decoded, values)
 
-        columns = [images, decode(attrs)]
+        columns = [fine, decode(attrs)]  # at the refiner's size (the model's without one)
         for j in range(attrs.shape[1]):
             flipped = attrs.clone()
             flipped[:, j] = 1 - attribute_targets(attrs[:, j])
