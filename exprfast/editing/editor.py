@@ -310,7 +310,7 @@ class Editor:
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The faces that latents ``z`` decode to with attribute ``values``, their mouths
-        redrawn by the refiner when there is one: what edits show."""
+        redrawn by the refiner when there is one: what edits show (``out_size`` px)."""
         values = values.to(z.device)
         decoded = self.model.decode(z, values)
         return decoded if self.refiner is None else self.refiner(decoded, values)

@@ -342,9 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refine.add_argument("--refiner-scale", type=int, choices=(1, 2), default=d.refiner_scale,
                         help="draw the mouth at this many times --img-size, learning from the "
                              "real faces at that size (the data must hold them: 2 at 128 px "
-                             "takes the 256 px faces, the others are skipped; the model sees "
-                             "them averaged down); edits come out at that size (default 1; "
-                             "measured in docs/SMILES.md)")
+                             "takes the 256 px faces, the others are skipped; the model is "
+                             "given them resized to its size); edits come out at that size "
+                             "(default 1; measured in docs/SMILES.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--run-dir", default=d.run_dir,
