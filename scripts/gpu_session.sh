@@ -2,12 +2,13 @@
 # Build, check and time the CUDA path on a lent GPU machine, in one call: the machine is bare and
 # its time is short. Stages run in the order given (default: all); logs and reports go to $OUT.
 #
-#   bash scripts/gpu_session.sh setup test sanitize bench_ops bench_train profile
+#   bash scripts/gpu_session.sh setup test recipe bench_ops bench_train profile sanitize
 #
 # Needs, carried with the call: .whl/ (wheels the machine's image lacks: pytorch-msssim, and
-# cmake >= 4, which nvcc's C++20 needs) and .devdata/celebahq/ (the first 1024 CelebA-HQ faces at
-# each size and their attributes, for bench_train and profile). Make both here, where the package
-# registries and ../shared/data are, with `bash scripts/gpu_session.sh prepare`. The extension is
+# cmake >= 4, which nvcc's C++20 needs) and .devdata/celebahq/ (the first 512 CelebA-HQ faces at
+# each size and their attributes, for recipe, bench_train and profile: with the 30 MB cmake wheel
+# and the repository, more would pass the 64 MiB a call may carry). Make both here, where the
+# package registries and ../shared/data are, with `bash scripts/gpu_session.sh prepare`. The extension is
 # built against the machine's own torch, for its GPU's architecture only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,8 @@ OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(setup test sanitize bench_ops bench_train profile)
+[ ${#stages[@]} -eq 0 ] && stages=(setup test recipe bench_ops bench_train profile sanitize)
+IMAGES=512
 
 prepare() {  # here, not on the GPU machine
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
@@ -23,9 +25,9 @@ prepare() {  # here, not on the GPU machine
   local src=../shared/data/celebahq dst=.devdata/celebahq size i
   for size in 64 128 256; do
     mkdir -p "$dst/images$size"
-    for i in $(seq 1 1024); do cp "$src/images$size/$i.jpg" "$dst/images$size/"; done
+    for i in $(seq 1 $IMAGES); do cp "$src/images$size/$i.jpg" "$dst/images$size/"; done
   done
-  { echo 1024; sed -n 2,1026p "$src/CelebAMask-HQ-attribute-anno.txt"; } > "$dst/CelebAMask-HQ-attribute-anno.txt"
+  { echo $IMAGES; sed -n "2,$((IMAGES + 2))p" "$src/CelebAMask-HQ-attribute-anno.txt"; } > "$dst/CelebAMask-HQ-attribute-anno.txt"
   grep -qx "/.devdata/" "$(git rev-parse --git-path info/exclude)" \
     || echo "/.devdata/" >> "$(git rev-parse --git-path info/exclude)"
 }
@@ -55,6 +57,45 @@ sanitize() {
     python3 -P -m pytest -q -p no:cacheprovider tests/test_op.py -k cuda -x
 }
 
+recipe() {
+  # The README's recipe on CUDA, briefly: the base model (paper preset + classifier loss, bf16)
+  # run, stopped and resumed; the mouth-refiner stage (fp16 autocast + grad scaler) from the
+  # bundled model; then the bundled model's edits on CUDA against the CPU.
+  local runs=/tmp/runs common=(--img-size 128 --attrs Smiling --data-root .devdata/celebahq
+    --device cuda --checkpoint-every 100 --val-every 100 --sample-every 100)
+  local base=("${common[@]}" --preset paper --lambda-lat 0.01 --lambda-ramp-steps 1000
+    --lambda-clf 0.05 --precision bf16 --run-dir $runs/base)
+  python3 scripts/train_fast.py "${base[@]}" --steps 200 || return 1
+  python3 scripts/train_fast.py "${base[@]}" --steps 300 --resume auto || return 1
+  python3 scripts/train_fast.py "${common[@]}" --init-from exprfast/pretrained/smiling.pt \
+    --mouth-refiner 24 --refiner-coupled Mouth_Slightly_Open --refiner-cycle 0.5 --batch-size 16 \
+    --precision fp16 --steps 200 --run-dir $runs/refiner || return 1
+  python3 - $runs <<'PY'
+import json, sys
+from pathlib import Path
+for run in ("base", "refiner"):
+    records = [json.loads(line) for line in (Path(sys.argv[1]) / run / "metrics.jsonl").open()]
+    rates = [(r["step"], round(r["samples_per_s"], 1)) for r in records if "samples_per_s" in r]
+    last = {k: v for k, v in records[-1].items() if isinstance(v, (int, float))}
+    print(run, "samples/s by step:", rates, "\n  last record:", last)
+PY
+  # Aligned faces, so no face detector is needed: the image's OpenCV 5 ships no Haar cascade.
+  python3 -P - <<'PY'
+import numpy as np, torch
+from PIL import Image
+import exprfast
+faces = np.stack([np.asarray(Image.open(f".devdata/celebahq/images128/{i}.jpg"))
+                  for i in range(1, 17)])
+devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu", "cpu")
+edits = [exprfast.load(device=d).edit(faces, {"Smiling": 1.5}, paste=paste).astype(np.int16)
+         for paste in ("replace", "hybrid") for d in devices]
+for paste, (a, b) in zip(("replace", "hybrid"), (edits[:2], edits[2:])):
+    d = np.abs(a - b)
+    print(f"edit ({paste}) of 16 faces, {devices[1]} vs cpu: max {d.max()} levels, "
+          f"mean {d.mean():.4f}, > 2 levels {100 * (d > 2).mean():.3f} % of values")
+PY
+}
+
 bench_ops() {
   for dtype in float32 bfloat16; do
     python3 scripts/bench_ops.py --device cuda --dtype "$dtype" --repeat 50 \
@@ -63,8 +104,8 @@ bench_ops() {
 }
 
 bench_train() {
-  python3 scripts/bench_train.py --device cuda --data-root .devdata/celebahq --steps 30 \
-    --warmup 5 --out "$OUT" --name train_cuda
+  python3 scripts/bench_train.py --device cuda --data-root .devdata/celebahq --limit $IMAGES \
+    --steps 30 --warmup 5 --out "$OUT" --name train_cuda
 }
 
 profile() {
@@ -74,7 +115,7 @@ profile() {
 import sys, torch
 from torch.profiler import profile, ProfilerActivity
 from exprfast.training import Trainer, TrainConfig, open_datasets
-config = TrainConfig(data_root=".devdata/celebahq", img_size=128, limit=1024, preset=sys.argv[1],
+config = TrainConfig(data_root=".devdata/celebahq", img_size=128, limit=512, preset=sys.argv[1],
                      precision="fp32", batch_size=32, device="cuda", channels_last=True, progress=False)
 trainer = Trainer(config, open_datasets(config)[0], torch.device("cuda"))
 for _ in range(5):
