@@ -2,6 +2,7 @@
 (what changes, exact resume, refused flags), model files that carry it, and edits that use it."""
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,7 +367,8 @@ def test_a_finer_refiner_learns_from_the_finer_faces_and_edits_come_out_at_its_s
     """--refiner-scale 2 on a 64 px model: the data comes at 128 px, the model sees it resized
     to 64, the refiner draws 128 px boxes and its critic gets the real 128 px boxes beside the
     upsampled decoded ones; the exported refiner makes edits at 128 px, evaluation judges them
-    at 64; a resume at another scale is refused."""
+    at 64; a resume at another scale is refused, and so is one whose critic does not fit (e.g.
+    written by a version whose critic differed)."""
     root = make_celebahq(tmp_path / "faces", n=40, size=128)
     (root / "images64").symlink_to(faces64 / "images64")  # the same names, other pixels
     monkeypatch.setattr(training.trainer, "_REFINE_JITTER", (0.0, 0.0))  # the box, unmoved
@@ -405,6 +407,14 @@ def test_a_finer_refiner_learns_from_the_finer_faces_and_edits_come_out_at_its_s
     with pytest.raises(ValueError, match=r"the run's refiner has scale 2, not --refiner-scale 1"):
         training.train(config(root, tmp_path / "run", cache_dir, init_from=trained64, steps=3,
                               resume="auto"))
+    checkpoint = torch.load(result["checkpoint"], weights_only=False)
+    narrower = MouthCritic(width=16, n_attrs=trainer.refiner.n_values)
+    checkpoint["refiner_critic"] = narrower.state_dict()
+    (tmp_path / "old").mkdir()
+    torch.save(checkpoint, tmp_path / "old" / Path(result["checkpoint"]).name)
+    with pytest.raises(ValueError, match=r"checkpoint's refiner_critic does not fit .*start this "):
+        training.train(config(root, tmp_path / "old", cache_dir, init_from=trained64,
+                              refiner_scale=2, steps=3, resume="auto"))
 
 
 def test_model_files_carry_the_refiner_and_edits_use_it(trained64, tmp_path):

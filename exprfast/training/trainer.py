@@ -96,6 +96,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION, ModelFile
+from ..checks import one_line
 from ..data import FaceDataset, crop_region
 from ..models import (AttributeReader, MouthCritic, MouthReader, MouthRefiner,
                       PatchDiscriminator, build, classifier_loss, critic_loss, hinge_critic_loss,
@@ -594,7 +595,12 @@ class Trainer:
         self.dis_optimizer.load_state_dict(checkpoint["dis_optimizer"])
         for part, optimizer in _EXTRAS:
             if getattr(self, part) is not None:
-                getattr(self, part).load_state_dict(checkpoint[part])
+                try:
+                    getattr(self, part).load_state_dict(checkpoint[part])
+                except RuntimeError as error:  # another shape, e.g. from another version
+                    raise ValueError(f"--resume: the checkpoint's {part} does not fit the one this "
+                                     f"version builds ({one_line(error)}); start this stage "
+                                     "again (--init-from the model it started from)") from None
                 getattr(self, optimizer).load_state_dict(checkpoint[optimizer])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.step = checkpoint["step"]
