@@ -8,8 +8,8 @@
 # cmake >= 4, which nvcc's C++20 needs) and .devdata/celebahq/ (the first 512 CelebA-HQ faces at
 # each size and their attributes, for recipe, bench_train and profile: with the 30 MB cmake wheel
 # and the repository, more would pass the 64 MiB a call may carry). Make both here, where the
-# package registries and ../shared/data are, with `bash scripts/gpu_session.sh prepare`. The extension is
-# built against the machine's own torch, for its GPU's architecture only.
+# package registries and ../shared/data are, with `bash scripts/gpu_session.sh prepare`. The
+# extension is built against the machine's own torch, for its GPU's architecture only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
@@ -111,12 +111,13 @@ bench_train() {
 profile() {
   # Where one training step's time goes on this machine: torch.profiler, CPU and CUDA op tables.
   for preset in fader paper; do
-    python3 -P - "$preset" <<'PY'
+    python3 -P - "$preset" "$IMAGES" <<'PY'
 import sys, torch
 from torch.profiler import profile, ProfilerActivity
 from exprfast.training import Trainer, TrainConfig, open_datasets
-config = TrainConfig(data_root=".devdata/celebahq", img_size=128, limit=512, preset=sys.argv[1],
-                     precision="fp32", batch_size=32, device="cuda", channels_last=True, progress=False)
+config = TrainConfig(data_root=".devdata/celebahq", img_size=128, limit=int(sys.argv[2]),
+                     preset=sys.argv[1], precision="fp32", batch_size=32, device="cuda",
+                     channels_last=True, progress=False)
 trainer = Trainer(config, open_datasets(config)[0], torch.device("cuda"))
 for _ in range(5):
     trainer.train_step()
