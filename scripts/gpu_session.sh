@@ -87,7 +87,8 @@ import exprfast
 faces = np.stack([np.asarray(Image.open(f".devdata/celebahq/images128/{i}.jpg"))
                   for i in range(1, 17)])
 devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu", "cpu")
-edits = [exprfast.load(device=d).edit(faces, {"Smiling": 1.5}, paste=paste).astype(np.int16)
+editors = {d: exprfast.load(device=d) for d in devices}
+edits = [editors[d].edit(faces, {"Smiling": 1.5}, paste=paste).astype(np.int16)
          for paste in ("replace", "hybrid") for d in devices]
 for paste, (a, b) in zip(("replace", "hybrid"), (edits[:2], edits[2:])):
     d = np.abs(a - b)
