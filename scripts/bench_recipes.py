@@ -35,10 +35,12 @@ RECIPES = {
 # Not timed unless named: the presets and precisions of issue 10's step-time targets, to be
 # timed side by side with --base fader; the classifier-loss step with two decode calls; and
 # steps whose small 4x4 stride-2 convs all run as oneDNN convs (the code before DownConv2d);
-# steps whose optimizers are torch.optim.Adam(fused=True) (the code before FlatAdam).
+# steps whose optimizers are torch.optim.Adam(fused=True) (the code before FlatAdam); steps with
+# --compile (inductor on the encoder, decoder and discriminator).
 TWO_DECODES = "+clf (reader trained alongside), two decode calls"
 CONV_ONLY = ", small down convs on oneDNN"
 TORCH_ADAM = ", torch.optim.Adam"
+COMPILED = ", compiled"
 COMPARISONS = {
     "fader": {"preset": "fader"},
     "paper bf16": {"precision": "bf16"},
@@ -50,6 +52,9 @@ COMPARISONS = {
     "paper" + TORCH_ADAM: {},
     "fader" + TORCH_ADAM: {"preset": "fader"},
     "paper bf16" + TORCH_ADAM: {"precision": "bf16"},
+    "paper" + COMPILED: {"compile": True},
+    "fader" + COMPILED: {"preset": "fader", "compile": True},
+    "paper bf16" + COMPILED: {"precision": "bf16", "compile": True},
 }
 
 
@@ -98,6 +103,8 @@ def parse_args(argv):
     p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=8, help="timed steps per recipe")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps per recipe first (compiled ones settle after ~6)")
     p.add_argument("--limit", type=int, default=1024, help="images used")
     p.add_argument("--data-root", default=None, help="default ../shared/data/celebahq")
     p.add_argument("--recipes", nargs="+", choices=[*RECIPES, *COMPARISONS],
@@ -132,8 +139,8 @@ def main(argv=None):
         if name.endswith(TORCH_ADAM):
             torch_adam(trainers[name])
     for trainer in trainers.values():  # warm-up (and past clf_train_steps for the frozen one)
-        trainer.train_step()
-        trainer.train_step()
+        for _ in range(args.warmup):
+            trainer.train_step()
     times = {name: [] for name in trainers}
     for _ in range(args.rounds):
         for name, trainer in trainers.items():
@@ -150,7 +157,7 @@ def main(argv=None):
     sections = [("", f"{machine_description()}. {args.img_size} px, {args.precision} and the "
                      f"paper preset unless a recipe names others, batch {args.batch_size}, "
                      f"channels_last; median of {args.rounds} interleaved steps per recipe after "
-                     "2 warm-up steps, all recipes in one process on the same images; "
+                     f"{args.warmup} warm-up steps, all recipes in one process on the same images; "
                      f"{allocator}."),
                 ("Step time", markdown_table(columns, rows))]
     payload = {"machine": machine_description(), "settings": vars(args), "allocator": allocator,
