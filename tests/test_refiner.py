@@ -189,21 +189,6 @@ def test_the_critic_reads_a_box_beside_its_decoding():
     assert logits.shape == (2, 1, 3, 4)
 
 
-def test_feature_matching_compares_the_critics_activations_on_two_boxes():
-    torch.manual_seed(0)
-    critic = MouthCritic(width=8, n_attrs=1).eval()
-    decoded, real, redrawn = torch.randn(3, 2, 3, 24, 32)
-    attrs = torch.tensor([[0.0], [1.0]])
-    logits, features = critic(decoded, redrawn, attrs, features=True)
-    assert torch.equal(logits, critic(decoded, redrawn, attrs))
-    assert [f.shape for f in features] == [(2, 8, 12, 16), (2, 16, 6, 8), (2, 32, 3, 4)]
-    real_features = critic(decoded, real, attrs, features=True)[1]
-    assert models.feature_matching_loss(features, features).item() == 0
-    expected = sum((f - r).abs().mean() for f, r in zip(features, real_features)) / 3
-    torch.testing.assert_close(models.feature_matching_loss(features, real_features), expected)
-    assert expected > 0
-
-
 def test_the_mouth_reader_reads_a_blurred_box():
     """Its blur keeps a box's shape (smooth content, its mean) and removes fine texture such as
     the grids a refiner drew to please a reader of the sharp box."""
@@ -291,25 +276,12 @@ def test_refining_edits_changes_what_the_refiner_learns(faces64, cache_dir, trai
     assert not torch.equal(plain["stem.weight"], edits["stem.weight"])
 
 
-def test_feature_matching_changes_what_the_refiner_learns(faces64, cache_dir, trained64,
-                                                          tmp_path):
-    """The same seed and batches: the feature-matching term is the only difference."""
-    runs = [training.train(config(faces64, tmp_path / str(weight), cache_dir, steps=2,
-                                  init_from=trained64, lambda_refiner_fm=weight))
-            for weight in (0.0, 10.0)]
-    assert "refiner_fm" not in runs[0] and runs[1]["refiner_fm"] > 0
-    plain, matched = (checkpoints.load_checkpoint(run["checkpoint"])["refiner"] for run in runs)
-    assert not torch.equal(plain["stem.weight"], matched["stem.weight"])
-
-
 @pytest.mark.parametrize("changes, message", [
     ({"init_from": None}, "--init-from must name the trained model"),
     ({"lambda_clf": 0.05}, "--lambda-clf must be 0 with --mouth-refiner"),
     ({"lambda_patch": 0.01}, "--lambda-patch must be 0 with --mouth-refiner"),
     ({"mouth_refiner": -1}, "--mouth-refiner must be an integer >= 0"),
     ({"lambda_refiner_l1": -1.0}, "--lambda-refiner-l1 must be a number >= 0"),
-    ({"lambda_refiner_fm": -1.0}, "--lambda-refiner-fm must be a number >= 0"),
-    ({"lambda_refiner_fm": 1.0, "mouth_refiner": 0}, "--lambda-refiner-fm needs --mouth-refiner"),
     ({"lambda_refiner_clf": -1.0}, "--lambda-refiner-clf must be a number >= 0"),
     ({"lambda_refiner_clf": 1.0, "mouth_refiner": 0}, "--lambda-refiner-clf needs --mouth-refiner"),
     ({"img_size": 32}, "--img-size must be 64 or more with --mouth-refiner"),

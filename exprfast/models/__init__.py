@@ -5,11 +5,11 @@ from .classifiers import (AttributeClassifier, AttributeReader, PatchDiscriminat
                           classifier_loss, critic_loss, least_squares_loss)
 from .fader import (DECODER_BLOCKS, DEFAULTS, PRESETS, FaderModel, build, parameter_counts,
                     parameter_table)
-from .refiner import (MouthCritic, MouthReader, MouthRefiner, feature_matching_loss,
-                      hinge_critic_loss, hinge_generator_loss, refine_box, resize, upsample)
+from .refiner import (MouthCritic, MouthReader, MouthRefiner, hinge_critic_loss,
+                      hinge_generator_loss, refine_box, resize, upsample)
 
 __all__ = ["AttributeClassifier", "AttributeReader", "DECODER_BLOCKS", "DEFAULTS", "FaderModel",
            "MouthCritic", "MouthReader", "MouthRefiner", "PRESETS", "PatchDiscriminator", "build",
-           "classifier_loss", "critic_loss", "feature_matching_loss", "hinge_critic_loss",
-           "hinge_generator_loss", "least_squares_loss", "parameter_counts", "parameter_table",
-           "refine_box", "resize", "upsample"]
+           "classifier_loss", "critic_loss", "hinge_critic_loss", "hinge_generator_loss",
+           "least_squares_loss", "parameter_counts", "parameter_table", "refine_box", "resize",
+           "upsample"]

@@ -101,13 +101,6 @@ def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.float().mean()
 
 
-def feature_matching_loss(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
-    """pix2pixHD's feature matching (Wang et al. 2018): the mean over the critic's layers of the
-    L1 distance between its activations on redrawn and on real boxes (pass ``real`` detached)."""
-    distances = [F.l1_loss(f.float(), r.float()) for f, r in zip(fake, real, strict=True)]
-    return sum(distances) / len(distances)
-
-
 def _conv(n_in: int, n_out: int, down: bool = False) -> nn.Conv2d:
     return nn.Conv2d(n_in, n_out, 4, 2, 1) if down else nn.Conv2d(n_in, n_out, 3, 1, 1)
 
@@ -260,19 +253,9 @@ class MouthCritic(nn.Module):
         self.layers = nn.Sequential(*_trunk(6 + n_attrs, width, spectral_norm),
                                     spectral_norm(_conv(4 * width, 1)))
 
-    def forward(self, decoded: torch.Tensor, candidate: torch.Tensor, attrs: torch.Tensor,
-                features: bool = False):
-        """The logits; with ``features``, also the trunk's three activations (a list), which
-        ``feature_matching_loss`` compares."""
-        x = _with_values(torch.cat([decoded, candidate], 1), attrs)
-        if not features:
-            return self.layers(x)
-        activations = []
-        for layer in self.layers:
-            x = layer(x)
-            if isinstance(layer, nn.LeakyReLU):
-                activations.append(x)
-        return x, activations
+    def forward(self, decoded: torch.Tensor, candidate: torch.Tensor,
+                attrs: torch.Tensor) -> torch.Tensor:
+        return self.layers(_with_values(torch.cat([decoded, candidate], 1), attrs))
 
 
 class MouthReader(nn.Module):

@@ -59,7 +59,6 @@ class TrainConfig:
     # second stage: train only a mouth refiner on the frozen --init-from model (0 = off)
     mouth_refiner: int = 0
     lambda_refiner_l1: float = 100.0
-    lambda_refiner_fm: float = 0.0
     lambda_refiner_clf: float = 0.0
     refiner_highpass: float = 0.0
     refiner_coupled: tuple[str, ...] = ()
@@ -146,10 +145,6 @@ class TrainConfig:
                 "must be an integer >= 0 (the refiner's width; 0: no refiner)")
         require(is_number(self.lambda_refiner_l1) and self.lambda_refiner_l1 >= 0,
                 "lambda_refiner_l1", "must be a number >= 0")
-        require(is_number(self.lambda_refiner_fm) and self.lambda_refiner_fm >= 0,
-                "lambda_refiner_fm", "must be a number >= 0")
-        require(self.lambda_refiner_fm == 0 or self.mouth_refiner > 0, "lambda_refiner_fm",
-                "needs --mouth-refiner (it weighs a loss of the refiner stage)")
         require(is_number(self.lambda_refiner_clf) and self.lambda_refiner_clf >= 0,
                 "lambda_refiner_clf", "must be a number >= 0")
         require(self.lambda_refiner_clf == 0 or self.mouth_refiner > 0, "lambda_refiner_clf",
@@ -316,10 +311,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refine.add_argument("--lambda-refiner-l1", type=float, default=d.lambda_refiner_l1,
                         help="weight of the refiner's L1 loss against the critic's hinge loss "
                              "(default %(default)s, pix2pix's)")
-    refine.add_argument("--lambda-refiner-fm", type=float, default=d.lambda_refiner_fm,
-                        help="weight of a feature-matching loss (pix2pixHD): the critic's "
-                             "activations on each redrawn box against those on its real box "
-                             "(default 0: off; measured in docs/SMILES.md)")
     refine.add_argument("--lambda-refiner-clf", type=float, default=d.lambda_refiner_clf,
                         help="also refine, every step, the batch's decodings with each "
                              "attribute flipped, judged by the critic and, with this weight, "

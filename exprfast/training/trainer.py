@@ -78,12 +78,6 @@ reader get only their own columns); in use each takes the model's first value
 (``training.open_datasets``): the model is given the faces resized to its size, the refiner
 draws its box at the data's size and learns from the real faces' boxes there, and the critic
 sees the decoded box upsampled beside them (``MouthRefiner(scale=...)``).
-``lambda_refiner_fm`` adds pix2pixHD's feature matching to the refiner's loss: the frozen
-critic's activations on each redrawn box whose real box is known (the first ``n``: the
-reconstructions and round trips) against its activations on that real box. Why: L1 averages
-what no input tells (the gaps between teeth) into a band, and the critic alone turned its
-freedom into stripes (docs/SMILES.md); matching the real box's features asks for its texture
-where it is, not anywhere.
 
 **CPU budget.** Fader's lambda schedule (1e-4, reached after 500k steps) is the default, but it
 leaves the attribute in the latent on any CPU-sized run (``docs/DESIGN.md``, "Training on a CPU
@@ -105,9 +99,9 @@ from ..checkpoints import TRAIN_FORMAT, TRAIN_VERSION, ModelFile
 from ..checks import one_line
 from ..data import FaceDataset, crop_region
 from ..models import (AttributeReader, MouthCritic, MouthReader, MouthRefiner,
-                      PatchDiscriminator, build, classifier_loss, critic_loss,
-                      feature_matching_loss, hinge_critic_loss, hinge_generator_loss,
-                      least_squares_loss, refine_box, resize, upsample)
+                      PatchDiscriminator, build, classifier_loss, critic_loss, hinge_critic_loss,
+                      hinge_generator_loss, least_squares_loss, refine_box, resize,
+                      upsample)
 from .config import TrainConfig, check_resumable
 from .optim import FlatAdam
 from .stream import BatchStream, seed_rngs
@@ -453,17 +447,8 @@ class Trainer:
         with _frozen(self.refiner_critic, *([self.mouth_reader] if edits else [])), \
                 self._autocast():
             l1 = F.l1_loss(redrawn[:n].float(), real)
-            fm_weight = self.config.lambda_refiner_fm
-            logits, features = self.refiner_critic(shown, redrawn, values, features=True)
-            adversarial = hinge_generator_loss(logits)
+            adversarial = hinge_generator_loss(self.refiner_critic(shown, redrawn, values))
             loss = self.config.lambda_refiner_l1 * l1 + adversarial
-            if fm_weight > 0:  # the redrawn boxes whose real box is known: the first n
-                with torch.no_grad():
-                    real_features = self.refiner_critic(shown[:n], real, labels,
-                                                        features=True)[1]
-                fm = feature_matching_loss([f[:n] for f in features], real_features)
-                loss = loss + fm_weight * fm
-                metrics["refiner_fm"] = fm.detach()
             if edits:  # every redrawn box, reconstruction or edit, must read as its values
                 logits = self.mouth_reader(redrawn)
                 targets = attribute_targets(values)
